@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Sets up everything the project needs, idempotently: a virtual environment in .venv with the package
+# (editable) and its development tools. Re-runs are cheap: a stamp records the hash of the files that
+# define the environment, and the install runs again only when they change.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+VENV=.venv
+STAMP="$VENV/.setup-stamp"
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/fabstir" ]; then
+  exit 0
+fi
+
+echo "[setup] creating $VENV with $($PYTHON --version)" >&2
+"$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+"$VENV/bin/python" -m pip install --quiet -e '.[dev]'
+echo "$want" > "$STAMP"
+echo "[setup] done" >&2

@@ -1,0 +1,1 @@
+"""fabstir: peer-to-peer LLM inference marketplace SDK."""
