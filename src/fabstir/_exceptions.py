@@ -126,6 +126,15 @@ class FabstirError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A mappingproxy cannot be pickled (errors cross process boundaries: executors, test workers):
+        # ship the context as a dict and make it read-only again on arrival.
+        return (type(self), (self.message,), {**self.__dict__, "context": dict(self.context)})
+
+    def __setstate__(self, state: dict[str, Any] | None, /) -> None:
+        self.__dict__.update(state or {})
+        self.context = MappingProxyType(dict(self.__dict__.get("context") or {}))
+
     def __repr__(self) -> str:
         extra = "".join(
             f", {name}={value!r}"
@@ -225,7 +234,7 @@ class BackendError(FabstirError):
     default_retryable = True
 
 
-class TimeoutError(FabstirError, builtins.TimeoutError):  # noqa: A001 - deliberate, like httpx
+class TimeoutError(FabstirError, builtins.TimeoutError):
     """A phase ran out of time. ``phase`` says which (``dial``, ``negotiation``, ``first_token``, ...)."""
 
     default_code = ErrorCode.TIMEOUT

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 __all__ = [
+    "NATIVE_TOKEN",
     "CostBreakdown",
     "CostEstimate",
     "FinishReason",
@@ -21,7 +22,6 @@ __all__ = [
     "JobRequest",
     "JobStatus",
     "ModelInfo",
-    "NATIVE_TOKEN",
     "NodeCapabilities",
     "NodeInfo",
     "PaymentDetails",

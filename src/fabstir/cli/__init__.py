@@ -1,2 +1,5 @@
-def main() -> None:
-    raise SystemExit(0)
+"""The ``fabstir`` command line (the only layer that prints)."""
+
+from ._main import cli, exit_code_for, main
+
+__all__ = ["cli", "exit_code_for", "main"]

@@ -9,6 +9,7 @@ The only place where job frames meet I/O, shared by client and host. It buffers 
 from __future__ import annotations
 
 import collections
+import contextlib
 
 from .._exceptions import TransportError
 from ..protocol import Frame, JobConnection, Role
@@ -58,13 +59,9 @@ class FrameChannel:
         return self._pending.popleft() if self._pending else None
 
     async def close(self) -> None:
-        try:
+        with contextlib.suppress(TransportError):
             await self.stream.close()
-        except TransportError:
-            pass
 
     async def reset(self) -> None:
-        try:
+        with contextlib.suppress(TransportError):
             await self.stream.reset()
-        except TransportError:
-            pass

@@ -23,7 +23,7 @@ from ._frames import (
     end_signing_payload,
 )
 from ._identity import PeerIdentity, public_key_from_peer_id, verify_peer_signature
-from ._receipts import recover_receipt_signer, receipt_typed_data, sign_receipt
+from ._receipts import receipt_typed_data, recover_receipt_signer, sign_receipt
 from ._records import (
     CapabilityRecord,
     capability_key,
@@ -45,8 +45,8 @@ __all__ = [
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "TRANSITIONS",
-    "CapabilityRecord",
     "Cancel",
+    "CapabilityRecord",
     "ClientState",
     "Confirm",
     "End",

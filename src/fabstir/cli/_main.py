@@ -1,0 +1,359 @@
+"""The ``fabstir`` command. The only layer that prints or configures logging.
+
+Exit codes: 0 success · 1 unexpected error · 2 usage · 3 configuration · 4 no host / discovery /
+negotiation failure · 5 transport or host failure · 6 payment · 7 timeout · 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .. import (
+    ConfigurationError,
+    DiscoveryError,
+    Event,
+    EventName,
+    FabstirError,
+    FabstirSDK,
+    HostRejectedError,
+    MockConfig,
+    PaymentError,
+    SDKConfig,
+    TimeoutError,
+    TransportError,
+)
+from .._version import __version__
+
+__all__ = ["cli", "main"]
+
+_T = TypeVar("_T")
+DEFAULT_MODEL = "llama-3.2-1b-instruct"
+
+EXIT_ERROR, EXIT_CONFIG, EXIT_NO_HOST, EXIT_TRANSPORT, EXIT_PAYMENT, EXIT_TIMEOUT = 1, 3, 4, 5, 6, 7
+
+
+def exit_code_for(error: BaseException) -> int:
+    if isinstance(error, ConfigurationError):
+        return EXIT_CONFIG
+    if isinstance(error, DiscoveryError | HostRejectedError):
+        return EXIT_NO_HOST
+    if isinstance(error, TimeoutError):
+        return EXIT_TIMEOUT
+    if isinstance(error, PaymentError):
+        return EXIT_PAYMENT
+    if isinstance(error, TransportError | FabstirError) and error.retryable:
+        return EXIT_TRANSPORT
+    return EXIT_ERROR
+
+
+class _State:
+    def __init__(self, json_output: bool, verbose: bool) -> None:
+        self.json = json_output
+        self.verbose = verbose
+        self.out = Console(highlight=False)
+        self.err = Console(stderr=True, highlight=False)
+
+
+def _run(coro_fn: Callable[..., Coroutine[Any, Any, _T]]) -> Callable[..., None]:
+    """Runs an async command; turns errors into one clear line and a meaningful exit code."""
+
+    @functools.wraps(coro_fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        state: _State = click.get_current_context().find_object(_State) or _State(False, False)
+        try:
+            asyncio.run(coro_fn(state, *args, **kwargs))
+        except KeyboardInterrupt:
+            state.err.print("[yellow]interrupted[/]")
+            sys.exit(130)
+        except FabstirError as exc:
+            if state.verbose:
+                state.err.print_exception()
+            if state.json:
+                click.echo(json.dumps({"error": {"message": exc.message, "code": exc.code.value}}))
+            else:
+                state.err.print(f"[bold red]error:[/] {exc.message}", markup=True, soft_wrap=True)
+            sys.exit(exit_code_for(exc))
+        except Exception as exc:
+            if state.verbose:
+                state.err.print_exception()
+            state.err.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc}", soft_wrap=True)
+            sys.exit(EXIT_ERROR)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--json", "json_output", is_flag=True, help="Machine-readable JSON output.")
+@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks and debug logs.")
+@click.version_option(__version__, prog_name="fabstir")
+@click.pass_context
+def cli(ctx: click.Context, json_output: bool, verbose: bool) -> None:
+    """fabstir: a peer-to-peer LLM inference marketplace."""
+    ctx.obj = _State(json_output, verbose)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _mock_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--mock", is_flag=True, help="Use the in-process simulated marketplace (no network, no chain)."
+    )(fn)
+
+
+def _seed_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--seed", type=int, default=0, show_default=True, help="Mock-mode seed.")(fn)
+
+
+def _sdk_config(mock: bool, seed: int, *, pacing: bool = False) -> SDKConfig:
+    if not mock:
+        raise ConfigurationError(
+            "no devnet or production network is configured in this version; run with --mock "
+            "(e.g. 'fabstir demo --mock')"
+        )
+    return SDKConfig(mode="mock", mock=MockConfig(seed=seed, realistic_pacing=pacing))
+
+
+# ---------------------------------------------------------------------------------------------- models
+@cli.command()
+@_mock_option
+@_seed_option
+@_run
+async def models(state: _State, mock: bool, seed: int) -> None:
+    """List the models offered by live hosts."""
+    async with FabstirSDK(_sdk_config(mock, seed)) as sdk:
+        found = await sdk.get_models()
+    if state.json:
+        click.echo(json.dumps([{"id": m.id, "name": m.name} for m in found]))
+        return
+    table = Table("model")
+    for model in found:
+        table.add_row(model.id)
+    state.out.print(table)
+
+
+# ---------------------------------------------------------------------------------------------- nodes
+@cli.command()
+@_mock_option
+@_seed_option
+@click.option("--model", default=None, help="Only hosts serving this model.")
+@_run
+async def nodes(state: _State, mock: bool, seed: int, model: str | None) -> None:
+    """List live hosts with their prices, latency and reliability."""
+    async with FabstirSDK(_sdk_config(mock, seed)) as sdk:
+        found = await sdk.discover_nodes(model=model)
+    if state.json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "peer_id": n.peer_id,
+                        "addresses": list(n.addresses),
+                        "models": list(n.capabilities.models),
+                        "prices": {m: dict(p) for m, p in n.capabilities.prices.items()},
+                        "latency_ms": n.latency_ms,
+                        "reliability": round(n.reliability, 4),
+                        "load": n.capabilities.current_load,
+                        "max_concurrent_jobs": n.capabilities.max_concurrent_jobs,
+                    }
+                    for n in found
+                ]
+            )
+        )
+        return
+    table = Table("peer id", "models", "price (gwei/token)", "latency", "reliability", "load")
+    for n in found:
+        prices = sorted({p.get("ETH", 0) for p in n.capabilities.prices.values()})
+        table.add_row(
+            n.peer_id[:16] + "…",
+            ", ".join(n.capabilities.models),
+            ", ".join(f"{p / 1e9:g}" for p in prices),
+            f"{n.latency_ms:.0f} ms" if n.latency_ms is not None else "?",
+            f"{n.reliability:.2f}",
+            f"{n.capabilities.current_load}/{n.capabilities.max_concurrent_jobs}",
+        )
+    state.out.print(table)
+
+
+# ---------------------------------------------------------------------------------------------- run
+@cli.command()
+@click.argument("prompt")
+@_mock_option
+@_seed_option
+@click.option("--model", default=DEFAULT_MODEL, show_default=True)
+@click.option("--max-tokens", type=int, default=128, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True)
+@_run
+async def run(
+    state: _State, prompt: str, mock: bool, seed: int, model: str, max_tokens: int, temperature: float
+) -> None:
+    """Run PROMPT on the marketplace and stream the answer to the terminal."""
+    async with FabstirSDK(_sdk_config(mock, seed)) as sdk:
+        handle = await sdk.submit_job(
+            prompt=prompt, model=model, max_tokens=max_tokens, temperature=temperature, stream=True
+        )
+        assert handle.stream is not None
+        async with handle.stream as stream:
+            async for token in stream:
+                if not state.json:
+                    click.echo(token.text, nl=False)
+                    sys.stdout.flush()
+            summary = stream.get_final_summary()
+        details = await sdk.approve_job_payment(handle.job_id)
+        cost = await sdk.calculate_actual_cost(handle.job_id)
+        host = await sdk.get_job_host(handle.job_id)
+    if state.json:
+        click.echo(
+            json.dumps(
+                {
+                    "job_id": handle.job_id,
+                    "host": host,
+                    "text": summary.text,
+                    "tokens": summary.total_tokens,
+                    "finish_reason": summary.finish_reason.value,
+                    "cost": {
+                        "total": cost.total,
+                        "host": cost.host,
+                        "treasury": cost.treasury,
+                        "refunded": cost.refunded,
+                    },
+                    "payment_status": details.status.value,
+                }
+            )
+        )
+    else:
+        click.echo()
+        state.err.print(
+            f"[dim]{summary.total_tokens} tokens · {summary.finish_reason.value} · "
+            f"cost {cost.total / 1e9:g} gwei · host {str(host)[:16]}…[/]"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- demo
+@cli.command()
+@_mock_option
+@_seed_option
+@click.option("--prompt", default="Explain in two sentences why peer-to-peer inference matters.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True)
+@click.option("--max-tokens", type=int, default=64, show_default=True)
+@click.option("--fast", is_flag=True, help="No simulated pacing (mock mode).")
+@_run
+async def demo(
+    state: _State, mock: bool, seed: int, prompt: str, model: str, max_tokens: int, fast: bool
+) -> None:
+    """Run one whole job through the marketplace and show its timeline, cost and metrics."""
+    config = _sdk_config(mock, seed, pacing=not fast)
+    timeline: list[dict[str, Any]] = []
+    started = time.monotonic()
+
+    def note(line: str, **data: Any) -> None:
+        entry = {"t": round(time.monotonic() - started, 4), "event": line, **data}
+        timeline.append(entry)
+        if not state.json:
+            state.out.print(f"[dim]{entry['t']:7.3f}s[/]  {line}")
+
+    first_token_seen = False
+
+    def on_event(event: Event) -> None:
+        nonlocal first_token_seen
+        d = event.data
+        match event.name:
+            case EventName.NODES_DISCOVERED:
+                note(f"discovered {d['count']} hosts", peers=list(d["peers"]))
+            case EventName.NEGOTIATION_OFFER if d.get("accepted"):
+                note(f"offer from {str(event.node_id)[:16]}…  {d['price_per_token'] / 1e9:g} gwei/token")
+            case EventName.NEGOTIATION_OFFER:
+                note(f"reject from {str(event.node_id)[:16]}…  ({d.get('reason')})")
+            case EventName.JOB_NEGOTIATED:
+                note(f"negotiated with {str(event.node_id)[:16]}…", node_id=event.node_id)
+            case EventName.PAYMENT_ESCROWED:
+                note(f"escrowed {d['deposit'] / 1e9:g} gwei in session {str(d['session_id'])[:12]}…")
+            case EventName.STREAM_START:
+                note("first token")
+            case EventName.STREAM_END:
+                note(f"stream ended: {d['total_tokens']} tokens ({d['finish_reason']})")
+            case EventName.PAYMENT_RELEASED:
+                note(f"settled: host {d['host_amount'] / 1e9:g} gwei, treasury {d['fee'] / 1e9:g} gwei")
+            case EventName.PAYMENT_REFUNDED:
+                note(f"refunded {d['amount'] / 1e9:g} gwei to the client")
+            case EventName.JOB_FAILED:
+                note(f"job failed: {d['error']}")
+
+    if not state.json:
+        state.out.rule(f"fabstir demo · {'mock' if mock else 'devnet'} mode · seed {seed}")
+        state.out.print(f"[bold]prompt:[/] {prompt}")
+    async with FabstirSDK(config) as sdk:
+        sdk.on("*", on_event)
+        handle = await sdk.submit_job(prompt=prompt, model=model, max_tokens=max_tokens, stream=True)
+        assert handle.stream is not None
+        async with handle.stream as stream:
+            async for _ in stream:
+                pass
+            summary = stream.get_final_summary()
+            metrics = stream.get_metrics()
+        await sdk.approve_job_payment(handle.job_id)
+        cost = await sdk.calculate_actual_cost(handle.job_id)
+        payment = await sdk.get_payment_details(handle.job_id)
+    if state.json:
+        click.echo(
+            json.dumps(
+                {
+                    "job_id": handle.job_id,
+                    "timeline": timeline,
+                    "text": summary.text,
+                    "finish_reason": summary.finish_reason.value,
+                    "cost": {
+                        "tokens": cost.tokens,
+                        "price_per_token": cost.price_per_token,
+                        "total": cost.total,
+                        "host": cost.host,
+                        "treasury": cost.treasury,
+                        "refunded": cost.refunded,
+                        "token": cost.payment_token,
+                    },
+                    "payment_status": payment.status.value,
+                    "metrics": {
+                        "tokens": metrics.tokens_received,
+                        "tokens_per_second": metrics.tokens_per_second,
+                        "time_to_first_token": metrics.time_to_first_token,
+                        "mean_inter_token_latency": metrics.mean_inter_token_latency,
+                    },
+                }
+            )
+        )
+        return
+    state.out.rule("answer")
+    state.out.print(summary.text.strip(), soft_wrap=True)
+    costs = Table("cost", "gwei", title="cost breakdown")
+    costs.add_row("tokens × price", f"{cost.tokens} × {cost.price_per_token / 1e9:g}")
+    costs.add_row("host", f"{cost.host / 1e9:g}")
+    costs.add_row(f"treasury ({cost.fee_basis_points / 100:g} %)", f"{cost.treasury / 1e9:g}")
+    costs.add_row("total paid", f"{cost.total / 1e9:g}")
+    costs.add_row("refunded", f"{cost.refunded / 1e9:g}")
+    stats = Table("metric", "value", title="stream metrics")
+    stats.add_row("tokens", str(metrics.tokens_received))
+    ttft = metrics.time_to_first_token
+    stats.add_row("time to first token", f"{ttft * 1000:.1f} ms" if ttft is not None else "-")
+    stats.add_row("tokens/s", f"{metrics.tokens_per_second:.1f}")
+    itl = metrics.mean_inter_token_latency
+    stats.add_row("mean inter-token latency", f"{itl * 1000:.1f} ms" if itl is not None else "-")
+    stats.add_row("payment", payment.status.value)
+    state.out.print(costs)
+    state.out.print(stats)
+
+
+def main() -> None:
+    cli(prog_name="fabstir")

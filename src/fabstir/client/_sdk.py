@@ -1,0 +1,1151 @@
+"""``FabstirSDK``: the asyncio client. It wires the core (discovery, selection, negotiation, job runner,
+payments, events) to the seams chosen by the mode: in mock mode the in-memory network, ledger and
+simulated hosts; in production libp2p, the chain and real hosts. The logic is the same in both."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import dataclasses
+import logging
+import random
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+
+from .._config import SDKConfig
+from .._events import Event, EventBus, EventName
+from .._exceptions import (
+    CancelledError,
+    ConfigurationError,
+    DiscoveryError,
+    FabstirError,
+    InvalidStateError,
+    JobNotFoundError,
+    NoNodesAcceptedError,
+    NotConnectedError,
+    PaymentError,
+    RefundNotAllowedError,
+    TimeoutError,
+    ValidationError,
+)
+from .._models import (
+    CostBreakdown,
+    CostEstimate,
+    JobDetails,
+    JobRequest,
+    JobStatus,
+    ModelInfo,
+    NodeInfo,
+    PaymentDetails,
+    PaymentStatus,
+    StreamSummary,
+    Token,
+)
+from ..chain import PaymentLedger, SessionInfo
+from ..core._client_job import JobOutcome, JobRunner
+from ..core._discovery import DiscoveryFilter, NodeDiscovery
+from ..core._negotiation import OfferInHand, Rejection, decline, negotiate
+from ..core._pricing import estimate_cost, max_cost
+from ..core._reliability import ReliabilityTracker
+from ..core._retry import backoff_delay, should_retry
+from ..core._selection import SelectionStrategy, rank_nodes
+from ..core._stream import ResponseStream, TokenBuffer
+from ..protocol import Request
+from ..transport import PeerEvent, PeerEventKind, PeerInfo, Transport
+
+__all__ = ["FabstirSDK", "JobHandle"]
+
+_log = logging.getLogger("fabstir.client")
+_AGENT = "fabstir-llm-sdk/0.1.0 (python)"
+_MAX_PROMPT_CHARS = 256 * 1024
+
+
+@dataclass(slots=True)
+class _Job:
+    """Everything the SDK knows about one job (internal, mutable)."""
+
+    job_id: int
+    key: str  # the job id on the wire
+    request: JobRequest
+    status: JobStatus
+    created_at: float
+    updated_at: float
+    buffer: TokenBuffer
+    host: str | None = None
+    price_per_token: int | None = None
+    session: SessionInfo | None = None
+    runner: JobRunner | None = None
+    task: asyncio.Task[None] | None = None
+    outcome: JobOutcome | None = None
+    error: FabstirError | None = None
+    payment_status: PaymentStatus = PaymentStatus.NONE
+    refunded: int = 0
+    settled: int = 0
+    cancel_requested: bool = False
+    rejections: list[Rejection] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    settlement: asyncio.Task[None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobHandle:
+    """What ``submit_job`` returns: the job id and, with ``stream=True``, its response stream."""
+
+    job_id: int
+    stream: ResponseStream | None = None
+
+    def __int__(self) -> int:
+        return self.job_id
+
+    def __index__(self) -> int:
+        return self.job_id
+
+
+JobRef = int | JobHandle
+
+
+class FabstirSDK:
+    """The client SDK. ``async with FabstirSDK() as sdk:`` (mock mode by default) or
+    ``FabstirSDK(mode="production", p2p={...}, chain={...})``.
+
+    Keyword arguments build an :class:`SDKConfig` (validated now, with clear
+    :class:`ConfigurationError`\\ s); or pass a ready ``SDKConfig``. ``marketplace=`` shares one mock
+    marketplace between several SDK instances (mock mode only).
+    """
+
+    def __init__(self, config: SDKConfig | None = None, /, *, marketplace: Any = None, **kwargs: Any) -> None:
+        if config is not None and kwargs:
+            raise ConfigurationError("pass either an SDKConfig or keyword options, not both")
+        self.config: SDKConfig = config if config is not None else SDKConfig.from_kwargs(**kwargs)
+        if marketplace is not None and self.config.mode != "mock":
+            raise ConfigurationError("a marketplace can only be shared in mock mode")
+        self._shared_marketplace = marketplace
+        self._marketplace: Any = None
+        self._transport: Transport | None = None
+        self._ledger: PaymentLedger | None = None
+        self._account: LocalAccount | None = None
+        self._events = EventBus()
+        self._reliability = ReliabilityTracker(time.time)
+        self._discovery: NodeDiscovery | None = None
+        self._jobs: dict[int, _Job] = {}
+        self._next_job_id = 1
+        self._rng = random.Random(self.config.mock.seed) if self.config.mode == "mock" else random.Random()
+        self._connected = False
+        self._connected_at: float | None = None
+        self._peer_unsubscribe: Callable[[], None] | None = None
+        self._counters: dict[str, int] = {
+            "jobs_submitted": 0,
+            "jobs_completed": 0,
+            "jobs_failed": 0,
+            "jobs_cancelled": 0,
+            "tokens_received": 0,
+            "retries": 0,
+            "failovers": 0,
+        }
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    async def connect(self) -> None:
+        """Starts the mode's seams (idempotent). Emits ``connected``."""
+        if self._connected:
+            return
+        if self.config.mode == "mock":
+            await self._connect_mock()
+        else:
+            await self._connect_production()
+        assert self._transport is not None
+        self._peer_unsubscribe = self._transport.add_peer_listener(self._on_peer_event)
+        self._discovery = NodeDiscovery(
+            self._transport,
+            self._reliability,
+            cache_ttl=self.config.discovery.cache_ttl,
+            max_nodes=self.config.discovery.max_nodes,
+            liveness_check=self.config.discovery.liveness_check,
+            probe=self._mock_probe if self.config.mode == "mock" else None,
+        )
+        self._connected = True
+        self._connected_at = time.time()
+        self._events.emit(EventName.CONNECTED, mode=self.config.mode, address=self.get_address())
+
+    async def _connect_mock(self) -> None:
+        from ..mock import MockMarketplace
+
+        market = self._shared_marketplace or MockMarketplace(self.config.mock)
+        await market.start()
+        self._marketplace = market
+        for host in market.hosts:
+            self._reliability.set_prior(host.peer_id, host.spec.reliability)
+        index = market.register_client()
+        self._account = market.client_account(index)
+        self._ledger = market.ledger
+        transport = market.create_client_transport(index)
+        await transport.start()
+        self._transport = transport
+
+    async def _connect_production(self) -> None:
+        raise ConfigurationError(
+            "production mode needs the libp2p transport and the chain bridge, which this version does not "
+            "include yet; use mode='mock'",
+        )
+
+    async def _mock_probe(self, peer: PeerInfo) -> float:
+        assert self._transport is not None
+        assert self._marketplace is not None
+        rtt = await self._transport.ping(peer)  # a real liveness check over the in-memory network
+        simulated = self._marketplace.simulated_latency_ms(peer.peer_id)
+        return simulated / 1000.0 if simulated is not None else rtt
+
+    async def disconnect(self) -> None:
+        """Cancels running jobs (hosts are paid for what they delivered), stops the seams. Idempotent."""
+        if not self._connected:
+            return
+        self._connected = False
+        tasks = [job.task for job in self._jobs.values() if job.task is not None and not job.task.done()]
+        for job in self._jobs.values():
+            if job.runner is not None and not job.status.is_terminal:
+                job.cancel_requested = True
+                await job.runner.cancel("the client is disconnecting")
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=5.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        watchers = [j.settlement for j in self._jobs.values() if j.settlement is not None and not j.settlement.done()]
+        if watchers:
+            _, pending = await asyncio.wait(watchers, timeout=5.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._peer_unsubscribe is not None:
+            self._peer_unsubscribe()
+        if self._transport is not None:
+            await self._transport.aclose()
+        if self._marketplace is not None and self._shared_marketplace is None:
+            await self._marketplace.aclose()
+        self._events.emit(EventName.DISCONNECTED, mode=self.config.mode)
+        self._events.close()
+
+    async def __aenter__(self) -> FabstirSDK:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.disconnect()
+
+    # ------------------------------------------------------------------------------------------ status
+    @property
+    def is_connected(self) -> bool:
+        return self._connected
+
+    @property
+    def mode(self) -> str:
+        return self.config.mode
+
+    def is_p2p_enabled(self) -> bool:
+        """True in production mode (real libp2p); mock mode simulates the network in-process."""
+        return self.config.mode == "production"
+
+    def is_p2p_connected(self) -> bool:
+        return self.is_p2p_enabled() and self._connected and bool(self._require_transport().connected_peers())
+
+    def get_p2p_status(self) -> dict[str, Any]:
+        transport = self._transport
+        return {
+            "enabled": self.is_p2p_enabled(),
+            "connected": self._connected,
+            "peer_id": transport.peer_id if transport else None,
+            "listen_addrs": list(transport.listen_addrs) if transport else [],
+            "connected_peers": len(transport.connected_peers()) if transport else 0,
+        }
+
+    def get_p2p_metrics(self) -> dict[str, Any]:
+        transport = self._transport
+        return {
+            "connected_peers": len(transport.connected_peers()) if transport else 0,
+            "uptime": (time.time() - self._connected_at) if self._connected_at and self._connected else 0.0,
+            **{k: v for k, v in self._counters.items() if k in ("retries", "failovers")},
+        }
+
+    def get_address(self) -> str | None:
+        return self._account.address if self._account is not None else None
+
+    def get_chain_id(self) -> int | None:
+        return self._ledger.chain_id if self._ledger is not None else None
+
+    # ------------------------------------------------------------------------------------------ events
+    def on(self, name: str, callback: Callable[[Event], object]) -> Callable[[], None]:
+        """Calls ``callback(event)`` for each event named ``name`` (``"*"``: all); returns unsubscribe."""
+        return self._events.on(name, callback)
+
+    def events(self, *names: str) -> AsyncIterator[Event]:
+        """Async iterator over events (all, or those named), until the SDK disconnects."""
+        return self._events.iterate(names or None)
+
+    def on_job_status_change(
+        self, job: JobRef, callback: Callable[[JobStatus], object]
+    ) -> Callable[[], None]:
+        job_id = self._job(job).job_id
+
+        def relay(event: Event) -> None:
+            if event.job_id == job_id:
+                callback(JobStatus(event.data["status"]))
+
+        return self._events.on(EventName.JOB_STATUS, relay)
+
+    def stream_job_events(self, job: JobRef, callback: Callable[[Event], object]) -> Callable[[], None]:
+        job_id = self._job(job).job_id
+
+        def relay(event: Event) -> None:
+            if event.job_id == job_id:
+                callback(event)
+
+        return self._events.on("*", relay)
+
+    def on_payment_event(self, callback: Callable[[Event], object]) -> Callable[[], None]:
+        unsubscribers = [
+            self._events.on(name, callback)
+            for name in (
+                EventName.PAYMENT_ESCROWED,
+                EventName.PAYMENT_RELEASED,
+                EventName.PAYMENT_REFUNDED,
+                EventName.PAYMENT_DISPUTED,
+            )
+        ]
+
+        def unsubscribe() -> None:
+            for undo in unsubscribers:
+                undo()
+
+        return unsubscribe
+
+    # ------------------------------------------------------------------------------------------ models, cost
+    async def get_models(self) -> list[ModelInfo]:
+        """Models offered by the live hosts."""
+        nodes = await self.discover_nodes()
+        ids = sorted({m for n in nodes for m in n.capabilities.models})
+        return [ModelInfo(id=m, name=m) for m in ids]
+
+    async def estimate_job_cost(self, request: JobRequest | None = None, **kwargs: Any) -> CostEstimate:
+        """The TypeScript SDK's estimate (ceil(len(prompt)/4) + floor(0.8 × max_tokens) tokens) at the
+        lowest price among live hosts serving the model."""
+        req = self._build_request(request, kwargs)
+        nodes = await self.discover_nodes(model=req.model)
+        prices = [
+            p for n in nodes if (p := n.capabilities.price_for(req.model, req.payment_token)) is not None
+        ]
+        if not prices:
+            raise DiscoveryError(f"no live host serves model {req.model}")
+        return estimate_cost(req.prompt, req.max_tokens, min(prices), req.payment_token)
+
+    # ------------------------------------------------------------------------------------------ discovery
+    async def discover_nodes(
+        self,
+        *,
+        model: str | None = None,
+        max_price: int | None = None,
+        max_latency_ms: float | None = None,
+        min_reputation: float | None = None,
+        exclude: Sequence[str] = (),
+        preferred: Sequence[str] = (),
+        payment_token: str | None = None,
+        force_refresh: bool = False,
+    ) -> list[NodeInfo]:
+        """Live hosts matching the filters, best first (by the configured selection strategy)."""
+        discovery = self._require_discovery()
+        token = payment_token or self.config.chain.payment_token
+        self._events.emit(EventName.DISCOVERY_START, model=model)
+        try:
+            async with asyncio.timeout(self.config.discovery.timeout):
+                nodes = await discovery.discover(
+                    DiscoveryFilter(
+                        model=model,
+                        payment_token=token,
+                        max_price=max_price,
+                        max_latency_ms=max_latency_ms,
+                        min_reputation=min_reputation,
+                        exclude=frozenset(exclude),
+                    ),
+                    force_refresh=force_refresh,
+                )
+        except builtins.TimeoutError as exc:
+            raise TimeoutError(
+                f"discovery took longer than {self.config.discovery.timeout:g} s", phase="discovery"
+            ) from exc
+        ranked = rank_nodes(
+            nodes,
+            strategy=self.config.selection_strategy,
+            model=model or "",
+            payment_token=token,
+            preferred=preferred,
+            rng=self._rng,
+        )
+        self._events.emit(EventName.NODES_DISCOVERED, count=len(ranked), peers=[n.peer_id for n in ranked])
+        self._events.emit(EventName.DISCOVERY_COMPLETE, model=model, count=len(ranked))
+        return ranked
+
+    async def select_best_node(self, *, model: str, strategy: str | None = None, **filters: Any) -> NodeInfo:
+        nodes = await self.discover_nodes(model=model, **filters)
+        if not nodes:
+            raise DiscoveryError(f"no live host serves model {model}")
+        if strategy is not None:
+            nodes = rank_nodes(
+                nodes,
+                strategy=SelectionStrategy(strategy),
+                model=model,
+                payment_token=filters.get("payment_token") or self.config.chain.payment_token,
+                rng=self._rng,
+            )
+        return nodes[0]
+
+    # ------------------------------------------------------------------------------------------ negotiation
+    async def negotiate_with_nodes(
+        self, request: JobRequest | None = None, *, nodes: Sequence[NodeInfo] | None = None, **kwargs: Any
+    ) -> list[dict[str, Any]]:
+        """Asks the top K hosts (``negotiation_fanout``) for offers and declines them all: a price check.
+        Returns one entry per host: ``{"node_id", "accepted", "price_per_token", "estimated_time_ms",
+        "reason", "message"}``."""
+        req = self._build_request(request, kwargs)
+        candidates = list(nodes) if nodes is not None else await self.discover_nodes(model=req.model)
+        offers, rejections = await self._negotiate(None, req, candidates[: self.config.negotiation_fanout])
+        for offer in offers:
+            await decline(offer.channel)
+        results: list[dict[str, Any]] = [
+            {
+                "node_id": o.node.peer_id,
+                "accepted": True,
+                "price_per_token": o.offer.price_per_token,
+                "estimated_time_ms": o.offer.estimated_time_ms,
+                "reason": None,
+                "message": "",
+            }
+            for o in offers
+        ]
+        results += [
+            {
+                "node_id": r.node.peer_id,
+                "accepted": False,
+                "price_per_token": None,
+                "estimated_time_ms": None,
+                "reason": r.reason,
+                "message": r.message,
+            }
+            for r in rejections
+        ]
+        return results
+
+    async def _negotiate(
+        self,
+        job: _Job | None,
+        req: JobRequest,
+        nodes: Sequence[NodeInfo],
+        *,
+        continuation: str = "",
+        first: int = 0,
+    ) -> tuple[list[OfferInHand], list[Rejection]]:
+        job_id = job.job_id if job else None
+        key = job.key if job else self._new_key()
+        self._events.emit(EventName.NEGOTIATION_START, job_id=job_id, nodes=[n.peer_id for n in nodes])
+        frame = Request(
+            job_id=key,
+            model=req.model,
+            prompt=req.prompt,
+            max_tokens=req.max_tokens - first,
+            client_address=self._require_account().address,
+            payment_token=req.payment_token,
+            temperature=req.temperature,
+            seed=req.seed,
+            system=req.system,
+            max_price_per_token=req.max_price_per_token,
+            continuation=continuation,
+            first_index=first,
+        )
+        offers, rejections = await negotiate(
+            self._require_transport(),
+            nodes,
+            frame,
+            agent=_AGENT,
+            chain_id=self._require_ledger().chain_id,
+            timeout=self.config.timeouts.negotiation,
+        )
+        for offer in offers:
+            self._events.emit(
+                EventName.NEGOTIATION_OFFER,
+                job_id=job_id,
+                node_id=offer.node.peer_id,
+                accepted=True,
+                price_per_token=offer.offer.price_per_token,
+                estimated_time_ms=offer.offer.estimated_time_ms,
+            )
+        for rejection in rejections:
+            self._events.emit(
+                EventName.NEGOTIATION_OFFER,
+                job_id=job_id,
+                node_id=rejection.node.peer_id,
+                accepted=False,
+                reason=rejection.reason,
+                message=rejection.message,
+            )
+        self._events.emit(
+            EventName.NEGOTIATION_COMPLETE, job_id=job_id, offers=len(offers), rejections=len(rejections)
+        )
+        return offers, rejections
+
+    # ------------------------------------------------------------------------------------------ jobs
+    async def submit_job(
+        self,
+        request: JobRequest | None = None,
+        *,
+        stream: bool = False,
+        node: str | None = None,
+        **kwargs: Any,
+    ) -> JobHandle:
+        """Validates the request and starts the job in the background: discovery → negotiation → escrow →
+        streaming → settlement. Returns at once with the job id (and, with ``stream=True``, a
+        :class:`ResponseStream` that owns the job: closing it early cancels the job)."""
+        req = self._build_request(request, kwargs)
+        self._require_connected()
+        now = time.time()
+        job = _Job(
+            job_id=self._next_job_id,
+            key=self._new_key(),
+            request=req,
+            status=JobStatus.POSTED,
+            created_at=now,
+            updated_at=now,
+            buffer=TokenBuffer(),
+        )
+        self._next_job_id += 1
+        self._jobs[job.job_id] = job
+        self._counters["jobs_submitted"] += 1
+        self._events.emit(
+            EventName.JOB_SUBMITTED, job_id=job.job_id, model=req.model, max_tokens=req.max_tokens
+        )
+        self._emit_status(job)
+        job.task = asyncio.create_task(self._run_job(job, preferred=node), name=f"fabstir-job-{job.job_id}")
+        response = (
+            ResponseStream(job.job_id, job.buffer, on_close=lambda: self.cancel_job(job.job_id))
+            if stream
+            else None
+        )
+        return JobHandle(job.job_id, response)
+
+    async def submit_job_with_negotiation(
+        self, request: JobRequest | None = None, **kwargs: Any
+    ) -> JobHandle:
+        """Discover → negotiate → pay → run, and wait for the result. Raises :class:`NoNodesAcceptedError`
+        (``No nodes accepted the job``) when every host declined."""
+        handle = await self.submit_job(request, **kwargs)
+        await self.wait_for_job_completion(handle.job_id)
+        return handle
+
+    async def submit_job_with_retry(
+        self,
+        request: JobRequest | None = None,
+        *,
+        should_retry_hook: Callable[[FabstirError, int], bool] | None = None,
+        on_retry: Callable[[FabstirError, int, float], object] | None = None,
+        **kwargs: Any,
+    ) -> JobHandle:
+        """Like :meth:`submit_job_with_negotiation`, retrying retryable failures with exponential backoff
+        (``retry`` config) inside the overall deadline; hosts that failed are excluded from later attempts."""
+        req = self._build_request(request, kwargs)
+        loop = asyncio.get_running_loop()
+        deadline = self.config.timeouts.overall
+        started = loop.time()
+        attempt = 0
+        while True:
+            attempt += 1
+            handle = await self.submit_job(req)
+            try:
+                await self.wait_for_job_completion(handle.job_id)
+                return handle
+            except FabstirError as error:
+                remaining = None if deadline is None else deadline - (loop.time() - started)
+                allowed = should_retry(error, attempt, self.config.retry, remaining)
+                if should_retry_hook is not None:
+                    allowed = allowed and should_retry_hook(error, attempt)
+                if not allowed:
+                    raise
+                delay = backoff_delay(attempt, self.config.retry, self._rng)
+                self._counters["retries"] += 1
+                if on_retry is not None:
+                    on_retry(error, attempt, delay)
+                await asyncio.sleep(delay)
+
+    async def get_job_status(self, job: JobRef) -> JobStatus:
+        return self._job(job).status
+
+    async def get_job_details(self, job: JobRef) -> JobDetails:
+        record = self._job(job)
+        return JobDetails(
+            job_id=record.job_id,
+            status=record.status,
+            request=record.request,
+            host=record.host,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+            price_per_token=record.price_per_token,
+            tokens_generated=len(record.buffer.tokens),
+            result=record.buffer.text if record.status is JobStatus.COMPLETED else None,
+            error=str(record.error) if record.error else None,
+            extra={
+                "session_id": record.session.session_id if record.session else None,
+                "usage_mismatch": record.outcome.usage_mismatch if record.outcome else False,
+                "finish_reason": record.outcome.finish_reason.value if record.outcome else None,
+                "rejections": [(r.node.peer_id, r.reason) for r in record.rejections],
+            },
+        )
+
+    async def get_job_result(self, job: JobRef) -> str:
+        """The completed job's text. Raises the job's error if it failed, :class:`InvalidStateError` if it
+        has not finished."""
+        record = self._job(job)
+        if record.error is not None and record.status is JobStatus.FAILED:
+            raise record.error
+        if record.status is not JobStatus.COMPLETED and record.status is not JobStatus.CANCELLED:
+            raise InvalidStateError(f"Job {record.job_id} has not completed", job_id=record.job_id)
+        return record.buffer.text
+
+    async def wait_for_job_completion(self, job: JobRef, timeout: float | None = None) -> JobDetails:
+        """Waits until the job ends. Raises the job's error if it failed, :class:`TimeoutError` after
+        ``timeout`` seconds (the job keeps running)."""
+        record = self._job(job)
+        try:
+            async with asyncio.timeout(timeout):
+                await record.done.wait()
+        except builtins.TimeoutError as exc:
+            raise TimeoutError(
+                f"Job {record.job_id} did not complete within {timeout:g} s",
+                phase="wait",
+                job_id=record.job_id,
+            ) from exc
+        if record.status is JobStatus.FAILED and record.error is not None:
+            raise record.error
+        return await self.get_job_details(record.job_id)
+
+    async def cancel_job(self, job: JobRef) -> None:
+        """Stops the job: the host ends it, is paid for the tokens delivered, the rest is refunded."""
+        record = self._job(job)
+        if record.status.is_terminal:
+            return
+        record.cancel_requested = True
+        if record.runner is not None:
+            await record.runner.cancel()
+        elif record.task is not None:
+            record.task.cancel()
+            await asyncio.gather(record.task, return_exceptions=True)
+            if not record.done.is_set():  # cancelled before it ever ran
+                error = CancelledError(f"Job {record.job_id} was cancelled", job_id=record.job_id)
+                self._fail(record, error, cancelled=True)
+        await record.done.wait()
+
+    async def get_job_host(self, job: JobRef) -> str | None:
+        return self._job(job).host
+
+    def create_response_stream(self, job: JobRef, resume_from: int | None = None) -> ResponseStream:
+        """A stream over the job's tokens, from ``resume_from`` (default: the first token). Returns at
+        once; several streams may read one job. This stream does not own the job: closing it leaves the
+        job running."""
+        record = self._job(job)
+        return ResponseStream(record.job_id, record.buffer, resume_from=resume_from or 0)
+
+    resume_response_stream = create_response_stream
+
+    def list_jobs(self) -> list[int]:
+        return sorted(self._jobs)
+
+    # ------------------------------------------------------------------------------------------ the job flow
+    async def _run_job(self, job: _Job, *, preferred: str | None) -> None:
+        req = job.request
+        try:
+            async with asyncio.timeout(self.config.timeouts.overall):
+                nodes = await self.discover_nodes(
+                    model=req.model,
+                    max_price=req.max_price_per_token,
+                    payment_token=req.payment_token,
+                    preferred=[preferred] if preferred else (),
+                )
+                if not nodes:
+                    raise DiscoveryError(f"no live host serves model {req.model}", job_id=job.job_id)
+                offers, rejections = await self._negotiate(job, req, nodes[: self.config.negotiation_fanout])
+                job.rejections = rejections
+                if not offers:
+                    reasons = sorted({r.reason for r in rejections})
+                    raise NoNodesAcceptedError(
+                        "No nodes accepted the job",
+                        reason=reasons[0] if len(reasons) == 1 else "error",
+                        job_id=job.job_id,
+                        context={"rejections": [(r.node.peer_id, r.reason, r.message) for r in rejections]},
+                    )
+                chosen, others = offers[0], offers[1:]
+                for other in others:
+                    await decline(other.channel)
+                await self._execute(job, chosen)
+        except asyncio.CancelledError:
+            self._fail(
+                job, CancelledError(f"Job {job.job_id} was cancelled", job_id=job.job_id), cancelled=True
+            )
+            return
+        except builtins.TimeoutError as exc:
+            error = (
+                exc
+                if isinstance(exc, TimeoutError)
+                else TimeoutError(
+                    f"Job {job.job_id} exceeded its overall deadline of {self.config.timeouts.overall:g} s",
+                    phase="overall",
+                    job_id=job.job_id,
+                )
+            )
+            self._fail(job, error)
+        except FabstirError as exc:
+            if exc.job_id is None:
+                exc.job_id = job.job_id
+            self._fail(job, exc, cancelled=job.cancel_requested)
+        except Exception as exc:  # a bug: still end the job cleanly and say so
+            _log.exception("job %s crashed", job.job_id)
+            self._fail(job, FabstirError(f"internal error: {exc!r}", job_id=job.job_id))
+
+    async def _execute(self, job: _Job, chosen: OfferInHand) -> None:
+        ledger = self._require_ledger()
+        account = self._require_account()
+        offer = chosen.offer
+        job.host = chosen.node.peer_id
+        job.price_per_token = offer.price_per_token
+        self._events.emit(
+            EventName.JOB_NEGOTIATED,
+            job_id=job.job_id,
+            node_id=job.host,
+            price_per_token=offer.price_per_token,
+            estimated_time_ms=offer.estimated_time_ms,
+        )
+        try:
+            session = await ledger.open_session(
+                account,
+                host=offer.payment_address,
+                token=offer.payment_token,
+                deposit=max_cost(job.request.max_tokens, offer.price_per_token),
+                price_per_token=offer.price_per_token,
+                expiry=time.time() + self.config.chain.session_expiry,
+            )
+        except FabstirError:
+            await decline(chosen.channel, reason="payment failed")
+            raise
+        job.session = session
+        job.payment_status = PaymentStatus.ESCROWED
+        self._events.emit(
+            EventName.PAYMENT_ESCROWED,
+            job_id=job.job_id,
+            node_id=job.host,
+            session_id=session.session_id,
+            deposit=session.deposit,
+            token=session.token,
+        )
+        self._events.emit(EventName.JOB_POSTED, job_id=job.job_id, session_id=session.session_id)
+        runner = JobRunner(
+            job_key=job.key,
+            offer=chosen,
+            session=session,
+            ledger=ledger,
+            account=account,
+            buffer=job.buffer,
+            first_token_timeout=self.config.timeouts.first_token,
+            inter_token_timeout=self.config.timeouts.inter_token,
+            on_tokens=lambda tokens: self._on_tokens(job, tokens),
+        )
+        job.runner = runner
+        self._set_status(job, JobStatus.CLAIMED)
+        self._events.emit(EventName.JOB_CLAIMED, job_id=job.job_id, node_id=job.host)
+        if job.cancel_requested:
+            await runner.cancel()
+        try:
+            outcome = await runner.run()
+        except FabstirError as exc:
+            self._reliability.record_failure(job.host, drop=not isinstance(exc, TimeoutError))
+            self._events.emit(EventName.NODE_FAILURE, job_id=job.job_id, node_id=job.host, error=str(exc))
+            self._discovery_invalidate(job.host)
+            self._watch_settlement(job)
+            raise
+        job.outcome = outcome
+        if outcome.usage_mismatch:
+            self._reliability.record_failure(job.host, lie=True)
+            self._events.emit(
+                EventName.NODE_RELIABILITY_ALERT,
+                job_id=job.job_id,
+                node_id=job.host,
+                reason="usage_overclaim",
+                claimed=outcome.completion_tokens_claimed,
+                delivered=outcome.tokens_received,
+            )
+        else:
+            self._reliability.record_success(job.host)
+        summary = runner.summary(outcome)
+        job.buffer.finish(summary)
+        self._events.emit(
+            EventName.STREAM_END,
+            job_id=job.job_id,
+            node_id=job.host,
+            total_tokens=summary.total_tokens,
+            finish_reason=summary.finish_reason.value,
+        )
+        self._set_status(job, JobStatus.CANCELLED if job.cancel_requested else JobStatus.COMPLETED)
+        if job.status is JobStatus.COMPLETED:
+            self._counters["jobs_completed"] += 1
+            self._events.emit(
+                EventName.JOB_COMPLETED, job_id=job.job_id, node_id=job.host, tokens=summary.total_tokens
+            )
+        else:
+            self._counters["jobs_cancelled"] += 1
+            self._events.emit(EventName.JOB_CANCELLED, job_id=job.job_id, node_id=job.host)
+        self._watch_settlement(job)
+        job.done.set()
+
+    def _on_tokens(self, job: _Job, tokens: list[Token]) -> None:
+        if job.status is JobStatus.CLAIMED:
+            self._set_status(job, JobStatus.PROCESSING)
+            self._events.emit(EventName.JOB_PROCESSING, job_id=job.job_id, node_id=job.host)
+            self._events.emit(EventName.STREAM_START, job_id=job.job_id, node_id=job.host)
+        self._counters["tokens_received"] += len(tokens)
+        for token in tokens:
+            self._events.emit(
+                EventName.STREAM_TOKEN,
+                job_id=job.job_id,
+                node_id=job.host,
+                index=token.index,
+                text=token.text,
+            )
+
+    def _watch_settlement(self, job: _Job) -> None:
+        """Follows the job's session on the ledger in the background (owned by the SDK)."""
+        if job.session is not None and job.settlement is None:
+            job.settlement = asyncio.create_task(
+                self._observe_settlement(job), name=f"fabstir-settlement-{job.job_id}"
+            )
+
+    async def _settlement_observed(self, job: _Job) -> None:
+        if job.settlement is not None:
+            await asyncio.shield(job.settlement)
+
+    async def _observe_settlement(self, job: _Job, *, patience: float = 30.0) -> None:
+        """Waits (briefly, bounded) for the host to settle on the ledger and records the result. A host that
+        does not settle leaves the payment ESCROWED; the client can reclaim after expiry."""
+        if job.session is None or self._ledger is None:
+            return
+        ledger = self._ledger
+        delay = 0.0
+        deadline = asyncio.get_running_loop().time() + patience
+        while True:
+            try:
+                session = await ledger.get_session(job.session.session_id)
+            except FabstirError as exc:
+                _log.info("could not read session of job %s: %s", job.job_id, exc)
+                return
+            if session.closed or asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(delay)
+            delay = min(0.1, delay * 2 or 0.001)
+        job.session = session
+        job.settled = session.settled
+        job.refunded = session.refunded
+        if session.closed:
+            job.payment_status = PaymentStatus.RELEASED if session.settled else PaymentStatus.REFUNDED
+            fee = session.settled * ledger.fee_basis_points // 10_000
+            if session.settled:
+                self._events.emit(
+                    EventName.PAYMENT_RELEASED,
+                    job_id=job.job_id,
+                    node_id=job.host,
+                    session_id=session.session_id,
+                    amount=session.settled,
+                    host_amount=session.settled - fee,
+                    fee=fee,
+                )
+            if session.refunded:
+                self._events.emit(
+                    EventName.PAYMENT_REFUNDED,
+                    job_id=job.job_id,
+                    node_id=job.host,
+                    session_id=session.session_id,
+                    amount=session.refunded,
+                )
+
+    def _fail(self, job: _Job, error: FabstirError, *, cancelled: bool = False) -> None:
+        job.error = error
+        job.buffer.fail(error)
+        if cancelled:
+            self._set_status(job, JobStatus.CANCELLED)
+            self._counters["jobs_cancelled"] += 1
+            self._events.emit(EventName.JOB_CANCELLED, job_id=job.job_id, node_id=job.host)
+        else:
+            self._set_status(job, JobStatus.FAILED)
+            self._counters["jobs_failed"] += 1
+            self._events.emit(EventName.STREAM_ERROR, job_id=job.job_id, node_id=job.host, error=str(error))
+            self._events.emit(
+                EventName.JOB_FAILED,
+                job_id=job.job_id,
+                node_id=job.host,
+                error=str(error),
+                code=error.code.value,
+            )
+        job.done.set()
+
+    def _set_status(self, job: _Job, status: JobStatus) -> None:
+        job.status = status
+        job.updated_at = time.time()
+        self._emit_status(job)
+
+    def _emit_status(self, job: _Job) -> None:
+        self._events.emit(EventName.JOB_STATUS, job_id=job.job_id, node_id=job.host, status=job.status.value)
+
+    def _discovery_invalidate(self, peer_id: str) -> None:
+        if self._discovery is not None:
+            self._discovery.invalidate(peer_id)
+
+    # ------------------------------------------------------------------------------------------ payments
+    async def get_payment_details(self, job: JobRef) -> PaymentDetails:
+        record = self._job(job)
+        session = record.session
+        runner = record.runner
+        return PaymentDetails(
+            job_id=record.job_id,
+            session_id=session.session_id if session else None,
+            status=record.payment_status,
+            payment_token=session.token if session else record.request.payment_token,
+            deposit=session.deposit if session else 0,
+            price_per_token=record.price_per_token or 0,
+            acknowledged_tokens=runner.acknowledged if runner else 0,
+            settled_amount=record.settled,
+            refunded_amount=record.refunded,
+            host_address=session.host if session else None,
+            client_address=session.client if session else self.get_address(),
+        )
+
+    async def get_payment_status(self, job: JobRef) -> PaymentStatus:
+        return self._job(job).payment_status
+
+    async def get_payment_history(self) -> list[PaymentDetails]:
+        return [await self.get_payment_details(j) for j in sorted(self._jobs) if self._jobs[j].session]
+
+    async def calculate_actual_cost(self, job: JobRef) -> CostBreakdown:
+        """What the job cost: tokens acknowledged × price, split host / treasury, and what was refunded."""
+        record = self._job(job)
+        ledger = self._require_ledger()
+        price = record.price_per_token or 0
+        tokens = record.runner.acknowledged if record.runner else 0
+        total = record.settled if record.session and record.session.closed else tokens * price
+        fee = total * ledger.fee_basis_points // 10_000
+        deposit = record.session.deposit if record.session else 0
+        return CostBreakdown(
+            tokens=total // price if price else 0,
+            price_per_token=price,
+            total=total,
+            host=total - fee,
+            treasury=fee,
+            refunded=record.refunded if record.session and record.session.closed else deposit - total,
+            payment_token=record.session.token if record.session else record.request.payment_token,
+            fee_basis_points=ledger.fee_basis_points,
+        )
+
+    async def approve_job_payment(self, job: JobRef) -> PaymentDetails:
+        """Waits for the job to end and for its settlement to be observed on the ledger."""
+        record = self._job(job)
+        await record.done.wait()
+        await self._settlement_observed(record)
+        return await self.get_payment_details(record.job_id)
+
+    async def request_refund(self, job: JobRef) -> PaymentDetails:
+        """Refunds a failed or cancelled job's unspent deposit. Raises :class:`RefundNotAllowedError`
+        (``Refund only available for failed or cancelled jobs``) otherwise."""
+        record = self._job(job)
+        if record.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+            raise RefundNotAllowedError(
+                "Refund only available for failed or cancelled jobs", job_id=record.job_id
+            )
+        if record.session is None:
+            return await self.get_payment_details(record.job_id)
+        ledger = self._require_ledger()
+        await self._settlement_observed(record)  # the host settles and refunds on its own once the job ends
+        session = await ledger.get_session(record.session.session_id)
+        if not session.closed:
+            if session.expiry > time.time():
+                raise PaymentError(
+                    f"the session of job {record.job_id} is still open; the host may settle until it expires "
+                    f"at {session.expiry:.0f}, after which the deposit can be reclaimed",
+                    job_id=record.job_id,
+                    retryable=True,
+                )
+            await ledger.reclaim(self._require_account(), session.session_id)
+            await self._observe_settlement(record, patience=0.0)
+        if record.payment_status is PaymentStatus.RELEASED and record.refunded:
+            record.payment_status = PaymentStatus.REFUNDED
+        return await self.get_payment_details(record.job_id)
+
+    # ------------------------------------------------------------------------------------------ health
+    def get_node_reliability(self, peer_id: str) -> float:
+        return self._reliability.reliability(peer_id)
+
+    def blacklist_node(self, peer_id: str, duration: float | None = None) -> None:
+        self._reliability.blacklist(peer_id, duration or self.config.recovery.blacklist_duration)
+        self._discovery_invalidate(peer_id)
+
+    def get_performance_metrics(self) -> dict[str, Any]:
+        finished = [j for j in self._jobs.values() if j.status is JobStatus.COMPLETED]
+        ttfts = [m for j in finished if (m := j.buffer.metrics().time_to_first_token) is not None]
+        rates = [j.buffer.metrics().tokens_per_second for j in finished]
+        return {
+            **self._counters,
+            "mean_time_to_first_token": sum(ttfts) / len(ttfts) if ttfts else None,
+            "mean_tokens_per_second": sum(rates) / len(rates) if rates else None,
+        }
+
+    def get_system_health_report(self) -> dict[str, Any]:
+        active = [j for j in self._jobs.values() if not j.status.is_terminal]
+        failed = self._counters["jobs_failed"]
+        finished = failed + self._counters["jobs_completed"]
+        return {
+            "status": "healthy"
+            if self._connected and (finished == 0 or failed / finished < 0.5)
+            else "degraded"
+            if self._connected
+            else "disconnected",
+            "mode": self.config.mode,
+            "connected": self._connected,
+            "active_jobs": len(active),
+            "p2p": self.get_p2p_status(),
+            "blacklisted_nodes": sorted(self._reliability.blacklisted()),
+            "jobs": dict(self._counters),
+        }
+
+    def get_error_recovery_report(self) -> dict[str, Any]:
+        failures = [
+            {"job_id": j.job_id, "host": j.host, "error": str(j.error), "code": j.error.code.value}
+            for j in self._jobs.values()
+            if j.error is not None
+        ]
+        return {
+            "retries": self._counters["retries"],
+            "failovers": self._counters["failovers"],
+            "failures": failures,
+            "blacklisted_nodes": sorted(self._reliability.blacklisted()),
+        }
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _on_peer_event(self, event: PeerEvent) -> None:
+        name = (
+            EventName.P2P_PEER_CONNECT
+            if event.kind is PeerEventKind.CONNECTED
+            else EventName.P2P_PEER_DISCONNECT
+        )
+        self._events.emit(name, node_id=event.peer_id)
+
+    def _new_key(self) -> str:
+        if self.config.mode == "mock":
+            return f"{self._rng.getrandbits(128):032x}"
+        return secrets.token_hex(16)
+
+    def _build_request(self, request: JobRequest | None, kwargs: Mapping[str, Any]) -> JobRequest:
+        if request is not None and kwargs:
+            raise ValidationError("pass either a JobRequest or keyword arguments, not both")
+        if request is None:
+            allowed = {f.name for f in dataclasses.fields(JobRequest)}
+            unknown = sorted(set(kwargs) - allowed)
+            if unknown:
+                raise ValidationError(f"Unknown job option: {unknown[0]}")
+            if "payment_token" not in kwargs:
+                kwargs = {**kwargs, "payment_token": self.config.chain.payment_token}
+            try:
+                request = JobRequest(**{"prompt": "", "model": "", **kwargs})
+            except TypeError as exc:
+                raise ValidationError(str(exc)) from exc
+        validate_request(request)
+        return request
+
+    def _job(self, job: JobRef) -> _Job:
+        job_id = job.job_id if isinstance(job, JobHandle) else job
+        record = self._jobs.get(job_id) if isinstance(job_id, int) and not isinstance(job_id, bool) else None
+        if record is None:
+            raise JobNotFoundError(
+                f"Job {job_id} not found", job_id=job_id if isinstance(job_id, int) else None
+            )
+        return record
+
+    def _require_connected(self) -> None:
+        if not self._connected:
+            raise NotConnectedError("The SDK is not connected: call connect() or use 'async with'")
+
+    def _require_transport(self) -> Transport:
+        self._require_connected()
+        assert self._transport is not None
+        return self._transport
+
+    def _require_ledger(self) -> PaymentLedger:
+        self._require_connected()
+        assert self._ledger is not None
+        return self._ledger
+
+    def _require_account(self) -> LocalAccount:
+        self._require_connected()
+        assert self._account is not None
+        return self._account
+
+    def _require_discovery(self) -> NodeDiscovery:
+        self._require_connected()
+        assert self._discovery is not None
+        return self._discovery
+
+    # ------------------------------------------------------------------------------------------ summaries
+    async def wait_for_summary(self, job: JobRef) -> StreamSummary:
+        record = self._job(job)
+        await record.done.wait()
+        if record.buffer.summary is None:
+            assert record.error is not None
+            raise record.error
+        return record.buffer.summary
+
+    @contextlib.asynccontextmanager
+    async def stream(self, request: JobRequest | None = None, **kwargs: Any) -> AsyncIterator[ResponseStream]:
+        """``async with sdk.stream(prompt=..., model=...) as tokens:`` — submit with streaming, and cancel
+        the job if the block exits early."""
+        handle = await self.submit_job(request, stream=True, **kwargs)
+        assert handle.stream is not None
+        async with handle.stream as response:
+            yield response
+
+
+def validate_request(request: JobRequest) -> None:
+    """The TypeScript SDK's validation, with its messages."""
+    if not isinstance(request.prompt, str) or not request.prompt.strip():
+        raise ValidationError("Prompt cannot be empty")
+    if len(request.prompt) > _MAX_PROMPT_CHARS:
+        raise ValidationError(f"Prompt is longer than {_MAX_PROMPT_CHARS} characters")
+    if (
+        isinstance(request.max_tokens, bool)
+        or not isinstance(request.max_tokens, int)
+        or request.max_tokens <= 0
+    ):
+        raise ValidationError("Max tokens must be positive")
+    if not isinstance(request.model, str) or not request.model.strip() or len(request.model) > 256:
+        raise ValidationError("Invalid model ID")
+    if (
+        isinstance(request.temperature, bool)
+        or not isinstance(request.temperature, int | float)
+        or not (0.0 <= request.temperature <= 2.0)
+    ):
+        raise ValidationError("Temperature must be between 0 and 2")
+    if request.seed is not None and (isinstance(request.seed, bool) or not isinstance(request.seed, int)):
+        raise ValidationError("Seed must be an integer")
+    if request.max_price_per_token is not None and (
+        isinstance(request.max_price_per_token, bool)
+        or not isinstance(request.max_price_per_token, int)
+        or request.max_price_per_token <= 0
+    ):
+        raise ValidationError("Max price per token must be a positive integer")
+    if not isinstance(request.payment_token, str) or not request.payment_token:
+        raise ValidationError("Payment token must be a non-empty string")

@@ -1,0 +1,233 @@
+"""The client side of one job on one host, after negotiation: escrow, confirm, stream, receipts, end.
+
+The runner pays exactly for what it received: every receipt it signs covers only tokens that arrived,
+and a host that claims more usage than it delivered is caught (``usage_mismatch``) and paid for what it
+delivered only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from eth_account.signers.local import LocalAccount
+
+from .._exceptions import (
+    CancelledError,
+    ErrorCode,
+    FabstirError,
+    HostError,
+    RemoteProtocolError,
+    TimeoutError,
+    TransportError,
+)
+from .._models import FinishReason, StreamSummary, Token
+from ..chain import PaymentLedger, SessionInfo
+from ..protocol import (
+    Cancel,
+    Confirm,
+    End,
+    Error,
+    Receipt,
+    TokenBatch,
+    end_signing_payload,
+    sign_receipt,
+    verify_peer_signature,
+)
+from ._negotiation import OfferInHand
+from ._stream import TokenBuffer
+
+__all__ = ["JobOutcome", "JobRunner"]
+
+_log = logging.getLogger("fabstir.jobs")
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    finish_reason: FinishReason
+    tokens_received: int
+    prompt_tokens: int
+    completion_tokens_claimed: int
+    usage_mismatch: bool
+
+
+class JobRunner:
+    """Runs one job on one host. Callbacks report progress to the SDK (which turns them into events)."""
+
+    def __init__(
+        self,
+        *,
+        job_key: str,
+        offer: OfferInHand,
+        session: SessionInfo,
+        ledger: PaymentLedger,
+        account: LocalAccount,
+        buffer: TokenBuffer,
+        first_token_timeout: float,
+        inter_token_timeout: float,
+        final_timeout: float = 10.0,
+        on_tokens: Callable[[list[Token]], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.job_key = job_key
+        self.offer = offer
+        self.session = session
+        self._ledger = ledger
+        self._account = account
+        self._buffer = buffer
+        self._first_timeout = first_token_timeout
+        self._inter_timeout = inter_token_timeout
+        self._final_timeout = final_timeout
+        self._on_tokens = on_tokens
+        self._clock = clock
+        self._channel = offer.channel
+        self._price = offer.offer.price_per_token
+        self._credit = max(1, offer.offer.credit_tokens)
+        self._hasher = hashlib.sha256()
+        self.received = 0  # tokens received from this host
+        self.acknowledged = 0  # tokens covered by our latest receipt
+        self.last_receipt_amount = 0
+        self._cancel_sent = False
+
+    @property
+    def peer_id(self) -> str:
+        return self._channel.peer_id
+
+    async def run(self) -> JobOutcome:
+        """Confirms and streams until ``End``. Raises a :class:`FabstirError` on failure (the stream is reset,
+        and a last receipt for what arrived is attempted so the host can be paid fairly)."""
+        try:
+            await self._channel.send(Confirm(self.job_key, self.session.session_id))
+            return await self._stream()
+        except FabstirError as exc:
+            await self._abort(exc)
+            raise
+        except builtins.TimeoutError as exc:
+            phase = "first_token" if self.received == 0 else "inter_token"
+            error = TimeoutError(
+                f"no token from host {self.peer_id} within the {phase.replace('_', ' ')} timeout",
+                phase=phase,
+                node_id=self.peer_id,
+            )
+            await self._abort(error)
+            raise error from exc
+        except BaseException:
+            await self._channel.reset()
+            raise
+
+    async def cancel(self, reason: str = "cancelled by the client") -> None:
+        """Asks the host to stop; the host answers with ``End(cancelled)`` which :meth:`run` processes."""
+        if self._cancel_sent:
+            return
+        self._cancel_sent = True
+        try:
+            await self._channel.send(Cancel(self.job_key, reason))
+        except FabstirError as exc:
+            _log.info("could not send cancel to %s: %s", self.peer_id, exc)
+
+    async def _stream(self) -> JobOutcome:
+        while True:
+            timeout = self._first_timeout if self.received == 0 else self._inter_timeout
+            if self._cancel_sent:
+                timeout = min(timeout, self._final_timeout)
+            async with asyncio.timeout(timeout):
+                frame = await self._channel.receive()
+            match frame:
+                case TokenBatch(seq=seq, tokens=texts):
+                    now = self._clock()
+                    tokens = [Token(seq + i, text, now) for i, text in enumerate(texts)]
+                    for text in texts:
+                        self._hasher.update(text.encode())
+                    self.received += len(texts)
+                    self._buffer.append(tokens)
+                    if self._on_tokens is not None:
+                        self._on_tokens(tokens)
+                    if self.received - self.acknowledged >= max(1, self._credit // 2):
+                        await self._send_receipt()
+                case End() as end:
+                    return await self._finish(end)
+                case Error(code=code, message=message, retryable=retryable):
+                    raise HostError(
+                        f"host {self.peer_id} failed: {message}",
+                        code=ErrorCode.HOST_ERROR,
+                        node_id=self.peer_id,
+                        retryable=retryable,
+                        context={"remote_code": code},
+                    )
+                case _:  # pragma: no cover - the state machine admits nothing else here
+                    raise RemoteProtocolError(f"unexpected {frame.KIND} frame", node_id=self.peer_id)
+
+    async def _finish(self, end: End) -> JobOutcome:
+        if end.job_id != self.job_key:
+            raise RemoteProtocolError("end frame for another job", node_id=self.peer_id)
+        transcript = self._hasher.digest()
+        payload = end_signing_payload(end.job_id, end.completion_tokens, end.tokens_sent, end.transcript_hash)
+        if not verify_peer_signature(self.peer_id, payload, end.signature):
+            raise RemoteProtocolError("the host's end signature does not verify", node_id=self.peer_id)
+        if end.transcript_hash != transcript or end.tokens_sent != self.received:
+            raise RemoteProtocolError(
+                "the host's transcript does not match the tokens received", node_id=self.peer_id
+            )
+        mismatch = end.completion_tokens > self.received
+        if mismatch:
+            _log.warning(
+                "host %s claims %d completion tokens but delivered %d; paying for %d",
+                self.peer_id,
+                end.completion_tokens,
+                self.received,
+                self.received,
+            )
+        await self._send_receipt(final=True)
+        await self._channel.close()
+        try:
+            reason = FinishReason(end.finish_reason)
+        except ValueError:
+            reason = FinishReason.STOP
+        if self._cancel_sent and reason is not FinishReason.CANCELLED:
+            reason = FinishReason.CANCELLED
+        return JobOutcome(reason, self.received, end.prompt_tokens, end.completion_tokens, mismatch)
+
+    async def _send_receipt(self, *, final: bool = False) -> None:
+        if self.received == self.acknowledged and not (final and self.received):
+            return
+        amount = self.received * self._price
+        signature = sign_receipt(
+            self._account,
+            chain_id=self._ledger.chain_id,
+            verifying_contract=self._ledger.verifying_contract,
+            session_id=self.session.session_id,
+            amount=amount,
+        )
+        await self._channel.send(
+            Receipt(self.session.session_id, self.job_key, self.received, amount, signature)
+        )
+        self.acknowledged = self.received
+        self.last_receipt_amount = amount
+
+    async def _abort(self, error: FabstirError) -> None:
+        """Best effort on failure: acknowledge what arrived (the host earned it), report, reset."""
+        try:
+            async with asyncio.timeout(1.0):
+                if self.received > self.acknowledged:
+                    await self._send_receipt(final=True)
+                if not isinstance(error, TransportError | CancelledError):
+                    await self._channel.send(Error(error.code.value, error.message, error.retryable))
+        except (FabstirError, builtins.TimeoutError):
+            pass
+        await self._channel.reset()
+
+    def summary(self, outcome: JobOutcome) -> StreamSummary:
+        metrics = self._buffer.metrics()
+        return StreamSummary(
+            total_tokens=len(self._buffer.tokens),
+            duration=metrics.elapsed,
+            finish_reason=outcome.finish_reason,
+            text=self._buffer.text,
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.tokens_received,
+        )
