@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fabstir import FabstirSDK, MockConfig, MockHostSpec, SDKConfig
+from fabstir import FabstirSDK, JobStatus, MockConfig, MockHostSpec, SDKConfig
 
 MODEL = "llama-3.2-1b-instruct"
 # A prompt whose simulated completion (seed 0) runs past 200 tokens, so that max_tokens=200 is reached.
-PROMPT_200 = "Write a long story about a river, a village and a lantern."
+PROMPT_200 = "Write a long story, part 2."
 
 
 def _hosts(slots: int) -> tuple[MockHostSpec, ...]:
@@ -76,8 +76,8 @@ async def bench_concurrent(jobs: int) -> dict[str, Any]:
         ]
         await asyncio.gather(*(sdk.wait_for_job_completion(h.job_id) for h in handles))
         elapsed = time.perf_counter() - started
-        tokens = sum(len(await sdk.get_job_result(h.job_id)) > 0 for h in handles)
-    return {"jobs": jobs, "completed": tokens, "seconds": elapsed, "jobs_per_second": jobs / elapsed}
+        completed = [await sdk.get_job_status(h.job_id) for h in handles].count(JobStatus.COMPLETED)
+    return {"jobs": jobs, "completed": completed, "seconds": elapsed, "jobs_per_second": jobs / elapsed}
 
 
 async def main() -> None:

@@ -12,8 +12,8 @@ from fabstir import (
     MockConfig,
     MockHostSpec,
     PaymentStatus,
-    TimeoutError,
     TimeoutConfig,
+    TimeoutError,
     TransportError,
 )
 
@@ -39,7 +39,7 @@ async def test_reject_reasons_are_reported_per_host() -> None:
 
 
 async def test_job_goes_to_the_host_that_accepts() -> None:
-    """With one busy host and one healthy host the job completes on the healthy one; the reject is recorded."""
+    """With one busy and one healthy host the job completes on the healthy one; the reject is recorded."""
     async with _sdk(MockHostSpec(name="busy", reject="busy"), MockHostSpec(name="ok")) as sdk:
         offers = await sdk.negotiate_with_nodes(prompt="hi", model=MODEL)
         healthy = [r["node_id"] for r in offers if r["accepted"]]
@@ -51,7 +51,7 @@ async def test_job_goes_to_the_host_that_accepts() -> None:
 
 
 async def test_drop_at_token_fails_the_job_and_pays_only_delivered_tokens() -> None:
-    """A host vanishing after N tokens fails the job with a TransportError; it is paid for at most N tokens."""
+    """A host vanishing after N tokens fails the job (TransportError); it is paid for at most N tokens."""
     async with _sdk(MockHostSpec(name="flaky", drop_at_token=5)) as sdk:
         failures: list[str] = []
         sdk.on(EventName.NODE_FAILURE, lambda e: failures.append(str(e.node_id)))
@@ -77,7 +77,7 @@ async def test_error_frame_fails_the_job_with_a_host_error() -> None:
 
 
 async def test_slow_first_token_hits_the_first_token_timeout() -> None:
-    """A host slower to its first token than the configured timeout ends in TimeoutError(phase='first_token')."""
+    """A host slower to its first token than the timeout ends in TimeoutError(phase='first_token')."""
     async with _sdk(
         MockHostSpec(name="slow", first_token_delay=2.0), timeouts=TimeoutConfig(first_token=0.2)
     ) as sdk:
@@ -88,7 +88,7 @@ async def test_slow_first_token_hits_the_first_token_timeout() -> None:
 
 
 async def test_overclaiming_host_is_caught_and_paid_for_delivered_tokens() -> None:
-    """A host claiming more usage than it sent is flagged (reliability alert) and paid only for what arrived."""
+    """A host claiming more usage than it sent is flagged (reliability alert), paid only for what arrived."""
     async with _sdk(MockHostSpec(name="liar", overclaim_tokens=10)) as sdk:
         alerts: list[dict[str, object]] = []
         sdk.on(EventName.NODE_RELIABILITY_ALERT, lambda e: alerts.append(dict(e.data)))
@@ -98,4 +98,5 @@ async def test_overclaiming_host_is_caught_and_paid_for_delivered_tokens() -> No
         assert payment.status is PaymentStatus.RELEASED
         assert payment.settled_amount == details.tokens_generated * payment.price_per_token
         assert details.extra["usage_mismatch"] is True
-        assert alerts and alerts[0]["claimed"] == int(str(alerts[0]["delivered"])) + 10
+        assert alerts
+        assert alerts[0]["claimed"] == int(str(alerts[0]["delivered"])) + 10

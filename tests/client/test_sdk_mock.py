@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -38,19 +39,22 @@ async def sdk() -> AsyncIterator[FabstirSDK]:
 
 
 async def test_connect_disconnect_and_status() -> None:
-    """connect() starts mock mode (P2P not enabled, an address and chain id exist); disconnect() is idempotent."""
+    """connect() starts mock mode (no P2P, an address and a chain id); disconnect() is idempotent."""
     client = FabstirSDK()
-    assert not client.is_connected
+    states = [client.is_connected]
     await client.connect()
     await client.connect()
     assert client.is_connected
     assert client.is_p2p_enabled() is False
-    assert client.get_address() is not None and client.get_address().startswith("0x")  # type: ignore[union-attr]
+    address = client.get_address()
+    assert address is not None
+    assert address.startswith("0x")
     assert client.get_chain_id() == 31337
     assert client.get_p2p_status()["connected"] is True
     await client.disconnect()
     await client.disconnect()
-    assert not client.is_connected
+    states.append(client.is_connected)
+    assert states == [False, False]
 
 
 async def test_calls_before_connect_raise_not_connected() -> None:
@@ -79,7 +83,7 @@ async def test_estimate_job_cost_uses_the_typescript_formula_and_cheapest_price(
 
 
 async def test_discover_nodes_filters(sdk: FabstirSDK) -> None:
-    """discover_nodes filters by model, price, latency, reputation and exclusion; preferred peers come first."""
+    """discover_nodes filters by model, price, latency, reputation and exclusion; preferred come first."""
     everyone = await sdk.discover_nodes(model=MODEL)
     assert len(everyone) == 3
     assert all(n.latency_ms is not None for n in everyone)
@@ -115,7 +119,7 @@ async def test_negotiate_with_nodes_returns_offers(sdk: FabstirSDK) -> None:
 
 
 async def test_submit_job_runs_through_the_whole_timeline(sdk: FabstirSDK) -> None:
-    """A job moves POSTED → CLAIMED → PROCESSING → COMPLETED by itself, emitting the SPEC's events in order."""
+    """A job moves POSTED → CLAIMED → PROCESSING → COMPLETED by itself, emitting SPEC events in order."""
     statuses: list[str] = []
     names: list[str] = []
     sdk.on("*", lambda e: names.append(e.name.value))
@@ -127,7 +131,8 @@ async def test_submit_job_runs_through_the_whole_timeline(sdk: FabstirSDK) -> No
     await sdk.approve_job_payment(handle.job_id)
     assert statuses == ["CLAIMED", "PROCESSING", "COMPLETED"]
     result = await sdk.get_job_result(handle.job_id)
-    assert result and details.tokens_generated <= 20
+    assert result
+    assert details.tokens_generated <= 20
     order = [
         "job:submitted",
         "discovery:start",
@@ -233,7 +238,7 @@ async def test_payment_flow_and_cost_breakdown(sdk: FabstirSDK) -> None:
     details = await sdk.approve_job_payment(handle.job_id)
     assert details.status is PaymentStatus.RELEASED
     cost: CostBreakdown = await sdk.calculate_actual_cost(handle.job_id)
-    tokens = len(await sdk.get_job_result(handle.job_id)) and (await sdk.get_job_details(handle.job_id)).tokens_generated
+    tokens = (await sdk.get_job_details(handle.job_id)).tokens_generated
     assert cost.tokens == tokens
     assert cost.total == tokens * cost.price_per_token
     assert cost.host + cost.treasury == cost.total
@@ -278,8 +283,8 @@ async def test_refund_of_a_cancelled_job_reports_the_refunded_deposit() -> None:
         ({"prompt": "hi", "model": MODEL, "bogus": 1}, "Unknown job option: bogus"),
     ],
 )
-async def test_submit_job_validation(sdk: FabstirSDK, kwargs: dict[str, object], message: str) -> None:
-    """submit_job rejects bad requests with the TypeScript SDK's messages as ValidationError (a ValueError)."""
+async def test_submit_job_validation(sdk: FabstirSDK, kwargs: dict[str, Any], message: str) -> None:
+    """submit_job rejects bad requests with the TypeScript SDK's messages, as ValidationError."""
     with pytest.raises(ValidationError, match=message):
         await sdk.submit_job(**kwargs)
 

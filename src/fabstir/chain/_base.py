@@ -99,7 +99,9 @@ class PaymentLedger(Protocol):
 
     async def get_session(self, session_id: str) -> SessionInfo: ...
 
-    async def settle(self, host: LocalAccount, session_id: str, amount: int, signature: bytes) -> Settlement: ...
+    async def settle(
+        self, host: LocalAccount, session_id: str, amount: int, signature: bytes
+    ) -> Settlement: ...
 
     async def close(
         self, host: LocalAccount, session_id: str, amount: int | None = None, signature: bytes | None = None

@@ -14,7 +14,8 @@ from types import MappingProxyType
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak, to_checksum_address
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 
 from .._exceptions import InsufficientFundsError, InvalidReceiptError, PaymentError
 from ..protocol import recover_receipt_signer
@@ -129,7 +130,9 @@ class InMemoryLedger:
             self._balances[(target, token)] = self._balances.get((target, token), 0) + amount
 
     def _emit(self, name: str, subject: str, **data: Any) -> None:
-        self._events.append(LedgerEvent(len(self._events), name, subject, self._clock(), MappingProxyType(data)))
+        self._events.append(
+            LedgerEvent(len(self._events), name, subject, self._clock(), MappingProxyType(data))
+        )
 
     def events(self, since: int = 0) -> list[LedgerEvent]:
         return self._events[since:]
@@ -151,19 +154,22 @@ class InMemoryLedger:
     ) -> SessionInfo:
         token = self._token(token)
         host = to_checksum_address(host)
-        if deposit <= 0:
-            raise PaymentError("the deposit must be positive")
-        if price_per_token <= 0:
-            raise PaymentError("the price per token must be positive")
+        if deposit < 0:
+            raise PaymentError("the deposit must not be negative")
+        if price_per_token < 0:
+            raise PaymentError("the price per token must not be negative")
         if expiry <= self._clock():
             raise PaymentError("the session would expire in the past")
         if host == client.address:
             raise PaymentError("a client cannot open a session with itself")
         self._move(client.address, None, token, deposit)
         self._nonce += 1
-        session_id = "0x" + keccak(
-            b"fabstir-session" + bytes.fromhex(client.address[2:]) + self._nonce.to_bytes(32, "big")
-        ).hex()
+        session_id = (
+            "0x"
+            + keccak(
+                b"fabstir-session" + bytes.fromhex(client.address[2:]) + self._nonce.to_bytes(32, "big")
+            ).hex()
+        )
         session = SessionInfo(
             session_id=session_id,
             client=client.address,
@@ -177,7 +183,9 @@ class InMemoryLedger:
             closed=False,
         )
         self._sessions[session_id] = session
-        self._emit("SessionOpened", session_id, client=client.address, host=host, token=token, deposit=deposit)
+        self._emit(
+            "SessionOpened", session_id, client=client.address, host=host, token=token, deposit=deposit
+        )
         return session
 
     async def get_session(self, session_id: str) -> SessionInfo:
@@ -284,7 +292,9 @@ class InMemoryLedger:
         self._emit("HostRegistered", host.address, peer_id=peer_id, models=tuple(models), stake=stake)
         return HostRegistration(host.address, peer_id, tuple(models), stake, True)
 
-    async def update_host(self, host: LocalAccount, *, peer_id: str, models: tuple[str, ...]) -> HostRegistration:
+    async def update_host(
+        self, host: LocalAccount, *, peer_id: str, models: tuple[str, ...]
+    ) -> HostRegistration:
         registration = self._active(host.address)
         registration.peer_id, registration.models = peer_id, tuple(models)
         self._emit("HostUpdated", host.address, peer_id=peer_id, models=tuple(models))

@@ -282,9 +282,7 @@ async def demo(
             case EventName.PAYMENT_ESCROWED:
                 note(f"escrowed {d['deposit'] / 1e9:g} gwei in session {str(d['session_id'])[:12]}…")
             case EventName.STREAM_START:
-                note("first token")
-            case EventName.STREAM_END:
-                note(f"stream ended: {d['total_tokens']} tokens ({d['finish_reason']})")
+                note("first token; streaming:")
             case EventName.PAYMENT_RELEASED:
                 note(f"settled: host {d['host_amount'] / 1e9:g} gwei, treasury {d['fee'] / 1e9:g} gwei")
             case EventName.PAYMENT_REFUNDED:
@@ -300,9 +298,13 @@ async def demo(
         handle = await sdk.submit_job(prompt=prompt, model=model, max_tokens=max_tokens, stream=True)
         assert handle.stream is not None
         async with handle.stream as stream:
-            async for _ in stream:
-                pass
+            async for token in stream:
+                if not state.json:  # the answer, live, between the timeline's lines
+                    state.out.print(token.text, end="", style="bold", soft_wrap=True)
+            if not state.json:
+                state.out.print()
             summary = stream.get_final_summary()
+            note(f"stream ended: {summary.total_tokens} tokens ({summary.finish_reason.value})")
             metrics = stream.get_metrics()
         await sdk.approve_job_payment(handle.job_id)
         cost = await sdk.calculate_actual_cost(handle.job_id)
@@ -335,8 +337,6 @@ async def demo(
             )
         )
         return
-    state.out.rule("answer")
-    state.out.print(summary.text.strip(), soft_wrap=True)
     costs = Table("cost", "gwei", title="cost breakdown")
     costs.add_row("tokens × price", f"{cost.tokens} × {cost.price_per_token / 1e9:g}")
     costs.add_row("host", f"{cost.host / 1e9:g}")

@@ -216,7 +216,9 @@ class FabstirSDK:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        watchers = [j.settlement for j in self._jobs.values() if j.settlement is not None and not j.settlement.done()]
+        watchers = [
+            j.settlement for j in self._jobs.values() if j.settlement is not None and not j.settlement.done()
+        ]
         if watchers:
             _, pending = await asyncio.wait(watchers, timeout=5.0)
             for task in pending:

@@ -8,6 +8,7 @@ The only place where job frames meet I/O, shared by client and host. It buffers 
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 
@@ -61,6 +62,17 @@ class FrameChannel:
     async def close(self) -> None:
         with contextlib.suppress(TransportError):
             await self.stream.close()
+
+    async def linger_close(self, timeout: float = 1.0) -> None:
+        """Ends the stream without losing what we just wrote: close our side, let the peer read it and close
+        theirs (frames it still sends are discarded), then reset. A reset alone would drop unread data."""
+        with contextlib.suppress(TransportError, TimeoutError):
+            await self.stream.close()
+            async with asyncio.timeout(timeout):
+                while await self.stream.read(_READ_SIZE):
+                    pass
+        with contextlib.suppress(TransportError):
+            await self.stream.reset()
 
     async def reset(self) -> None:
         with contextlib.suppress(TransportError):

@@ -193,7 +193,7 @@ class JobRunner:
         return JobOutcome(reason, self.received, end.prompt_tokens, end.completion_tokens, mismatch)
 
     async def _send_receipt(self, *, final: bool = False) -> None:
-        if self.received == self.acknowledged and not (final and self.received):
+        if self.received == self.acknowledged:
             return
         amount = self.received * self._price
         signature = sign_receipt(
@@ -219,7 +219,7 @@ class JobRunner:
                     await self._channel.send(Error(error.code.value, error.message, error.retryable))
         except (FabstirError, builtins.TimeoutError):
             pass
-        await self._channel.reset()
+        await self._channel.linger_close()
 
     def summary(self, outcome: JobOutcome) -> StreamSummary:
         metrics = self._buffer.metrics()

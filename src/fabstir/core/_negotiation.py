@@ -76,7 +76,8 @@ async def request_offer(
     except RemoteProtocolError as exc:
         if channel is not None:
             await _send_error(channel, exc)
-        return await _fail(channel, node, f"protocol violation: {exc}")
+            await channel.linger_close()
+        return await _fail(None, node, f"protocol violation: {exc}")
     except FabstirError as exc:
         return await _fail(channel, node, str(exc))
     match reply:

@@ -35,7 +35,7 @@ class Outcome(Enum):
     ENDED = "ended"  # End was sent (then the final receipt arrived, or its wait ran out)
     BROKEN = "broken"  # the client's side ended (EOF / reset) before End
     FAILED = "failed"  # an Error frame was sent (or the stream could not be written) and the stream reset
-    DROPPED = "dropped"  # the drop_at_token fault: reset without a word, like a crash
+    DROPPED = "dropped"  # the drop_at_token fault: EOF without End or Error, like a crashed host
     TAKEN_OVER = "taken_over"  # a resumed stream took the job over
 
 

@@ -459,12 +459,12 @@ class HostNode:
             job.expiry.cancel()
             job.expiry = None
         _log.info("job %s: resumed by %s from token %d", job.job_id, channel.peer_id, resume.from_seq)
-        if not await self._send(channel, hello):
-            self._keep_for_resume(job)
-            return
-        await self._attach(channel, job, start=position)
+        await self._attach(channel, job, start=position, greeting=hello)
 
-    async def _attach(self, channel: FrameChannel, job: HostJob, *, start: int) -> None:
+    async def _attach(
+        self, channel: FrameChannel, job: HostJob, *, start: int, greeting: Hello | None = None
+    ) -> None:
+        """Serves ``job`` on ``channel`` (after sending ``greeting``), then acts on how the stream ended."""
         attachment = StreamAttachment(
             channel,
             job,
@@ -474,7 +474,11 @@ class HostNode:
             chain_id=self._ledger.chain_id,
             verifying_contract=self._ledger.verifying_contract,
         )
-        job.attachment = attachment
+        job.attachment = attachment  # before any await: a concurrent Resume must see the job taken
+        if greeting is not None and not await self._send(channel, greeting):
+            job.attachment = None
+            self._keep_for_resume(job)
+            return
         try:
             outcome = await attachment.run()
         finally:

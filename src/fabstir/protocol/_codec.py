@@ -209,7 +209,9 @@ def decode_payload(payload: bytes) -> Frame:
             max_array_len=MAX_BATCH_TOKENS,
             max_map_len=64,
         )
-    except Exception as exc:  # msgpack raises a zoo: ExtraData, FormatError, ValueError, UnicodeDecodeError...
+    except (
+        Exception
+    ) as exc:  # msgpack raises a zoo: ExtraData, FormatError, ValueError, UnicodeDecodeError...
         raise RemoteProtocolError(f"malformed frame: {exc}", code=ErrorCode.MALFORMED_FRAME) from exc
     if type(body) is not dict:
         raise RemoteProtocolError("malformed frame: not a map", code=ErrorCode.MALFORMED_FRAME)

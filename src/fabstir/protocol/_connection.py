@@ -8,7 +8,7 @@ from ._codec import MAX_FRAME_SIZE, FrameDecoder, encode
 from ._frames import Frame, Hello, Request, Resume, TokenBatch
 from ._state import ClientState, HostState, Role, State, next_state
 
-__all__ = ["JobConnection", "PROTOCOL_ID", "PROTOCOL_VERSION", "SUPPORTED_VERSIONS"]
+__all__ = ["PROTOCOL_ID", "PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "JobConnection"]
 
 #: The libp2p protocol id of the job protocol.
 PROTOCOL_ID = "/fabstir/job/1.0.0"

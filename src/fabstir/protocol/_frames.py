@@ -152,7 +152,7 @@ class Cancel:
 
 @dataclass(frozen=True, slots=True)
 class Resume:
-    """On a new stream to the same host after a broken one: continue job ``job_id`` from token ``from_seq``."""
+    """On a new stream to the same host after a broken one: continue ``job_id`` from token ``from_seq``."""
 
     KIND: ClassVar[str] = "resume"
     job_id: str
@@ -176,7 +176,9 @@ FRAME_TYPES: tuple[type[Frame], ...] = (
 )
 
 
-def end_signing_payload(job_id: str, completion_tokens: int, tokens_sent: int, transcript_hash: bytes) -> bytes:
+def end_signing_payload(
+    job_id: str, completion_tokens: int, tokens_sent: int, transcript_hash: bytes
+) -> bytes:
     """The bytes a host signs in ``End``: binds the job, the usage it claims and the text it sent."""
     return b"fabstir/end/v1\x00" + b"\x00".join(
         (job_id.encode(), str(completion_tokens).encode(), str(tokens_sent).encode(), transcript_hash)

@@ -16,13 +16,21 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
 
-__all__ = ["RECEIPT_DOMAIN_NAME", "RECEIPT_DOMAIN_VERSION", "receipt_typed_data", "recover_receipt_signer", "sign_receipt"]
+__all__ = [
+    "RECEIPT_DOMAIN_NAME",
+    "RECEIPT_DOMAIN_VERSION",
+    "receipt_typed_data",
+    "recover_receipt_signer",
+    "sign_receipt",
+]
 
 RECEIPT_DOMAIN_NAME = "FabstirPaymentSessions"
 RECEIPT_DOMAIN_VERSION = "1"
 
 
-def receipt_typed_data(chain_id: int, verifying_contract: str, session_id: str, amount: int) -> dict[str, Any]:
+def receipt_typed_data(
+    chain_id: int, verifying_contract: str, session_id: str, amount: int
+) -> dict[str, Any]:
     return {
         "types": {
             "EIP712Domain": [
@@ -50,7 +58,9 @@ def receipt_typed_data(chain_id: int, verifying_contract: str, session_id: str, 
 def sign_receipt(
     account: LocalAccount, *, chain_id: int, verifying_contract: str, session_id: str, amount: int
 ) -> bytes:
-    message = encode_typed_data(full_message=receipt_typed_data(chain_id, verifying_contract, session_id, amount))
+    message = encode_typed_data(
+        full_message=receipt_typed_data(chain_id, verifying_contract, session_id, amount)
+    )
     return bytes(account.sign_message(message).signature)
 
 
@@ -59,7 +69,9 @@ def recover_receipt_signer(
 ) -> str | None:
     """The address that signed this receipt, or ``None`` if the signature is malformed."""
     try:
-        message = encode_typed_data(full_message=receipt_typed_data(chain_id, verifying_contract, session_id, amount))
+        message = encode_typed_data(
+            full_message=receipt_typed_data(chain_id, verifying_contract, session_id, amount)
+        )
         return str(Account.recover_message(message, signature=signature))
     except Exception:  # eth-account raises ValueError, BadSignature, ... for garbage
         return None

@@ -121,7 +121,12 @@ def decode_capability_record(value: bytes) -> CapabilityRecord:
         raise _bad("too large")
     try:
         outer = msgpack.unpackb(value, raw=False, strict_map_key=True, max_bin_len=MAX_RECORD_SIZE)
-        if type(outer) is not list or len(outer) != 2 or type(outer[0]) is not bytes or type(outer[1]) is not bytes:
+        if (
+            type(outer) is not list
+            or len(outer) != 2
+            or type(outer[0]) is not bytes
+            or type(outer[1]) is not bytes
+        ):
             raise _bad("not [body, signature]")
         body_bytes, signature = outer
         body = msgpack.unpackb(body_bytes, raw=False, strict_map_key=True)
@@ -149,7 +154,7 @@ def decode_capability_record(value: bytes) -> CapabilityRecord:
     expires = body.get("expires")
     chain_id = body.get("chain_id")
     payment_address = body.get("payment_address")
-    if type(expires) not in (int, float):
+    if not isinstance(expires, int | float) or isinstance(expires, bool):
         raise _bad("expires must be a number")
     if type(payment_address) is not str or len(payment_address) > _MAX_STR:
         raise _bad("payment address must be a string")

@@ -18,9 +18,22 @@ from __future__ import annotations
 
 from enum import Enum
 
-from ._frames import Cancel, Confirm, End, Error, Frame, Hello, Offer, Receipt, Reject, Request, Resume, TokenBatch
+from ._frames import (
+    Cancel,
+    Confirm,
+    End,
+    Error,
+    Frame,
+    Hello,
+    Offer,
+    Receipt,
+    Reject,
+    Request,
+    Resume,
+    TokenBatch,
+)
 
-__all__ = ["ClientState", "HostState", "Role", "TRANSITIONS", "next_state"]
+__all__ = ["TRANSITIONS", "ClientState", "HostState", "Role", "next_state"]
 
 
 class Role(Enum):
@@ -92,5 +105,6 @@ def next_state(role: Role, state: State, peer_state: State, frame: Frame) -> Sta
         return f"{role.value} may not send {frame.KIND} in state {state.value}"
     new_state, peer_required = entry
     if peer_required is not None and peer_state not in peer_required:
-        return f"{role.value} may not send {frame.KIND} while the {role.peer.value} is in state {peer_state.value}"
+        peer = role.peer.value
+        return f"{role.value} may not send {frame.KIND} while the {peer} is in state {peer_state.value}"
     return new_state

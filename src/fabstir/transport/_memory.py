@@ -173,6 +173,7 @@ class InMemoryNetwork:
         self._nodes: dict[str, InMemoryTransport] = {}
         self._killed: set[str] = set()
         self._frozen: set[str] = set()
+        self._thawed = asyncio.Event()
         self._partitions: set[frozenset[str]] = set()
         self._providers: dict[bytes, dict[str, PeerInfo]] = {}
         self._values: dict[bytes, list[bytes]] = {}
@@ -183,7 +184,7 @@ class InMemoryNetwork:
 
     # faults ------------------------------------------------------------------------------------------
     def kill(self, peer_id: str) -> None:
-        """The peer vanishes (like SIGKILL): its streams reset, dials to it fail; its DHT provider records stay."""
+        """The peer vanishes (like SIGKILL): its streams reset, dials fail; its DHT provider records stay."""
         self._killed.add(peer_id)
         node = self._nodes.pop(peer_id, None)
         self._reset_streams_of(peer_id)
@@ -198,6 +199,12 @@ class InMemoryNetwork:
         self._frozen.discard(peer_id)
         for _, _, pipe in self._pipes:
             pipe.notify()
+        self._thawed.set()
+        self._thawed = asyncio.Event()
+
+    async def wait_unfrozen(self) -> None:
+        """Returns at the next :meth:`unfreeze` of any peer."""
+        await self._thawed.wait()
 
     def partition(self, a: str, b: str) -> None:
         """``a`` and ``b`` can no longer dial each other (existing streams are reset)."""
@@ -398,7 +405,9 @@ class InMemoryTransport:
                 _log.exception("stream handler for %s failed", stream.protocol_id)
                 await stream.reset()
 
-        task = asyncio.get_running_loop().create_task(run(), name=f"fabstir-memory-handler-{self.peer_id[-6:]}")
+        task = asyncio.get_running_loop().create_task(
+            run(), name=f"fabstir-memory-handler-{self.peer_id[-6:]}"
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self._streams = [s for s in self._streams if not s.is_reset]
@@ -407,8 +416,8 @@ class InMemoryTransport:
         self._require_started()
         started = time.monotonic()
         self._network._reachable(self.peer_id, peer.peer_id)
-        while self._network.is_frozen(peer.peer_id):
-            await asyncio.sleep(0.01)  # a stopped peer never answers; the caller bounds the wait
+        while self._network.is_frozen(peer.peer_id):  # a stopped peer never answers; the caller bounds it
+            await self._network.wait_unfrozen()
         if self._network.latency:
             await asyncio.sleep(2 * self._network.latency)
         self._network._reachable(self.peer_id, peer.peer_id)
