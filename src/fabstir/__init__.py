@@ -71,6 +71,7 @@ from ._version import __version__
 from .client import FabstirSDK, FabstirSDKSync, JobHandle, SyncJobHandle, SyncResponseStream
 from .core import ResponseStream
 from .core._selection import SelectionStrategy
+from .host import HostConfig, HostFaults, HostMetrics, HostNode
 from .mock import MockMarketplace
 
 __all__ = [
@@ -90,7 +91,11 @@ __all__ = [
     "FabstirSDK",
     "FabstirSDKSync",
     "FinishReason",
+    "HostConfig",
     "HostError",
+    "HostFaults",
+    "HostMetrics",
+    "HostNode",
     "HostRejectedError",
     "InsufficientFundsError",
     "InvalidReceiptError",

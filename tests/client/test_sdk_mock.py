@@ -362,3 +362,37 @@ async def test_health_and_metrics_reports(sdk: FabstirSDK) -> None:
     assert health["status"] == "healthy"
     assert health["active_jobs"] == 0
     assert sdk.get_error_recovery_report()["failures"] == []
+
+
+async def test_submit_job_with_negotiation_and_retry_succeed(sdk: FabstirSDK) -> None:
+    """submit_job_with_negotiation and submit_job_with_retry return a completed job on a healthy market."""
+    first = await sdk.submit_job_with_negotiation(prompt="negotiate", model=MODEL, max_tokens=8)
+    assert await sdk.get_job_status(first.job_id) == JobStatus.COMPLETED
+    retried = await sdk.submit_job_with_retry(prompt="retry", model=MODEL, max_tokens=8)
+    assert await sdk.get_job_status(retried.job_id) == JobStatus.COMPLETED
+    assert await sdk.get_payment_status(retried.job_id) in (PaymentStatus.ESCROWED, PaymentStatus.RELEASED)
+
+
+async def test_submit_job_with_retry_retries_a_dropping_host_and_reports_it() -> None:
+    """A retryable failure is retried on another host (on_retry is told); a non-retryable one is not."""
+    from fabstir import RetryConfig
+
+    retries: list[int] = []
+    hosts = (
+        MockHostSpec(name="flaky", drop_at_token=2, price_per_token=1),
+        MockHostSpec(name="steady", price_per_token=5),
+    )
+    async with FabstirSDK(
+        mock=MockConfig(seed=2, hosts=hosts),
+        selection_strategy="price",
+        retry=RetryConfig(max_retries=2, initial_delay=0.001, max_delay=0.002, jitter=0.0),
+    ) as client:
+        handle = await client.submit_job_with_retry(
+            prompt="retry", model=MODEL, max_tokens=20, on_retry=lambda err, n, delay: retries.append(n)
+        )
+        assert await client.get_job_status(handle.job_id) == JobStatus.COMPLETED
+        assert (await client.get_job_details(handle.job_id)).price_per_token == 5
+        assert retries == [1]
+        assert client.get_performance_metrics()["retries"] == 1
+        with pytest.raises(ValidationError):
+            await client.submit_job_with_retry(prompt="", model=MODEL)

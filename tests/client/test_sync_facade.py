@@ -72,3 +72,38 @@ def test_sync_cancel_and_events() -> None:
         assert sdk.get_job_status(job) is JobStatus.CANCELLED
         assert seen == ["job:cancelled"]
         unsubscribe()
+
+
+def test_sync_discovery_negotiation_and_subscriptions() -> None:
+    """select_best_node, negotiate_with_nodes, submit_job_with_negotiation and the per-job and payment
+    subscriptions behave as in the async SDK."""
+    with FabstirSDKSync(mock=MockConfig(seed=8)) as sdk:
+        best = sdk.select_best_node(model=MODEL, strategy="price")
+        assert best.capabilities.price_for(MODEL) == min(
+            n.capabilities.price_for(MODEL) or 0 for n in sdk.discover_nodes(model=MODEL)
+        )
+        offers = sdk.negotiate_with_nodes(prompt="quote", model=MODEL, max_tokens=8)
+        assert all(o["accepted"] for o in offers)
+        statuses: list[JobStatus] = []
+        payments: list[str] = []
+        sdk.on_payment_event(lambda e: payments.append(e.name.value))
+        job = sdk.submit_job_with_negotiation(prompt="negotiate", model=MODEL, max_tokens=8)
+        assert sdk.get_job_status(job) is JobStatus.COMPLETED
+        assert sdk.approve_job_payment(job).status is PaymentStatus.RELEASED
+        assert sdk.get_payment_status(job) is PaymentStatus.RELEASED
+        assert payments[0] == "payment:escrowed"
+        assert "payment:released" in payments
+        second = sdk.submit_job(prompt="watch", model=MODEL, max_tokens=8, stream=True)
+        sdk.on_job_status_change(second, statuses.append)
+        events: list[str] = []
+        sdk.stream_job_events(second, lambda e: events.append(e.name.value))
+        assert second.stream is not None
+        with second.stream as stream:
+            first = next(stream)
+            stream.pause()
+            stream.resume()
+            rest = list(stream)
+        assert [first.index, *(t.index for t in rest)] == list(range(1 + len(rest)))
+        sdk.wait_for_job_completion(second)
+        assert statuses[-1] is JobStatus.COMPLETED
+        assert "job:completed" in events

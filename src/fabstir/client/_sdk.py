@@ -507,11 +507,13 @@ class FabstirSDK:
         *,
         stream: bool = False,
         node: str | None = None,
+        exclude: Sequence[str] = (),
         **kwargs: Any,
     ) -> JobHandle:
         """Validates the request and starts the job in the background: discovery → negotiation → escrow →
         streaming → settlement. Returns at once with the job id (and, with ``stream=True``, a
-        :class:`ResponseStream` that owns the job: closing it early cancels the job)."""
+        :class:`ResponseStream` that owns the job: closing it early cancels the job). ``node`` prefers a
+        host; ``exclude`` rules hosts out."""
         req = self._build_request(request, kwargs)
         self._require_connected()
         now = time.time()
@@ -531,7 +533,9 @@ class FabstirSDK:
             EventName.JOB_SUBMITTED, job_id=job.job_id, model=req.model, max_tokens=req.max_tokens
         )
         self._emit_status(job)
-        job.task = asyncio.create_task(self._run_job(job, preferred=node), name=f"fabstir-job-{job.job_id}")
+        job.task = asyncio.create_task(
+            self._run_job(job, preferred=node, exclude=exclude), name=f"fabstir-job-{job.job_id}"
+        )
         response = (
             ResponseStream(job.job_id, job.buffer, on_close=lambda: self.cancel_job(job.job_id))
             if stream
@@ -563,13 +567,17 @@ class FabstirSDK:
         deadline = self.config.timeouts.overall
         started = loop.time()
         attempt = 0
+        failed_hosts: list[str] = []
         while True:
             attempt += 1
-            handle = await self.submit_job(req)
+            handle = await self.submit_job(req, exclude=failed_hosts)
             try:
                 await self.wait_for_job_completion(handle.job_id)
                 return handle
             except FabstirError as error:
+                host = self._jobs[handle.job_id].host
+                if host is not None:
+                    failed_hosts.append(host)  # a host that failed is not asked again in this call
                 remaining = None if deadline is None else deadline - (loop.time() - started)
                 allowed = should_retry(error, attempt, self.config.retry, remaining)
                 if should_retry_hook is not None:
@@ -665,7 +673,7 @@ class FabstirSDK:
         return sorted(self._jobs)
 
     # ------------------------------------------------------------------------------------------ the job flow
-    async def _run_job(self, job: _Job, *, preferred: str | None) -> None:
+    async def _run_job(self, job: _Job, *, preferred: str | None, exclude: Sequence[str] = ()) -> None:
         req = job.request
         try:
             async with asyncio.timeout(self.config.timeouts.overall):
@@ -674,6 +682,7 @@ class FabstirSDK:
                     max_price=req.max_price_per_token,
                     payment_token=req.payment_token,
                     preferred=[preferred] if preferred else (),
+                    exclude=exclude,
                 )
                 if not nodes:
                     raise DiscoveryError(f"no live host serves model {req.model}", job_id=job.job_id)

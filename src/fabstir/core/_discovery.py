@@ -62,12 +62,13 @@ class NodeDiscovery:
         self._cache: dict[str | None, tuple[float, list[NodeInfo]]] = {}
 
     def invalidate(self, peer_id: str | None = None) -> None:
-        """Forgets cached results (all, or those listing ``peer_id``)."""
+        """Forgets cached results (all, or those listing ``peer_id``), so the next lookup asks the network."""
         if peer_id is None:
             self._cache.clear()
             return
-        for key, (stamp, nodes) in list(self._cache.items()):
-            self._cache[key] = (stamp, [n for n in nodes if n.peer_id != peer_id])
+        for key, (_, nodes) in list(self._cache.items()):
+            if any(n.peer_id == peer_id for n in nodes):
+                del self._cache[key]
 
     async def discover(self, flt: DiscoveryFilter, *, force_refresh: bool = False) -> list[NodeInfo]:
         """Live nodes matching ``flt`` (unordered); cached per model for ``cache_ttl`` seconds."""
