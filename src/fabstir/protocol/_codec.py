@@ -5,6 +5,10 @@ Wire format of one frame::
 
     uvarint(len(payload))  payload = msgpack map {"type": <KIND>, <field>: <value>, ...}
 
+Integers are unsigned and up to 256 bits (amounts are uint256 on chain). msgpack integers stop at 64 bits,
+so a value above ``2**64 - 1`` travels as a ``bin`` of 9 to 32 bytes, big-endian, without leading zero bytes;
+smaller values are always plain msgpack integers (one encoding per value).
+
 Decoding is strict: unknown ``type`` values, missing fields, wrong value types (a bool is not an int),
 extension types and out-of-range numbers are rejected with :class:`RemoteProtocolError`; unknown *fields*
 are ignored so that later minor versions can add optional fields. Every limit below is enforced before
@@ -37,7 +41,7 @@ __all__ = [
 #: Largest payload of one frame. A request carries the whole prompt: 1 MiB holds ~250k tokens of text,
 #: beyond the context window of any model a host serves today, while bounding per-stream memory.
 MAX_FRAME_SIZE = 1 << 20
-#: A uvarint for MAX_FRAME_SIZE takes 3 bytes; a 4th continuation byte can only mean "too large".
+#: A uvarint for MAX_FRAME_SIZE takes 3 bytes; a continuation bit on the 3rd can only mean "too large".
 _MAX_VARINT_BYTES = 3
 #: Prompts, system prompts and continuations (the only big strings) are capped by the frame size; every
 #: other string field (ids, model names, addresses, messages) is short: 4 KiB is generous for all of them.
@@ -55,8 +59,23 @@ MAX_SIGNATURE_BYTES = 128
 _MAX_LIST_ITEMS = 16
 #: Amounts are uint256 on chain.
 _MAX_UINT = (1 << 256) - 1
+#: Largest integer msgpack represents natively; larger ones travel as big-endian ``bin`` (module docstring).
+_MAX_MSGPACK_UINT = (1 << 64) - 1
+#: Fields naming a job or a session. NUL is refused in them so that the NUL-separated End signing payload
+#: (:func:`~fabstir.protocol.end_signing_payload`) has exactly one reading.
+_ID_FIELDS = frozenset({"job_id", "session_id"})
 
 _BY_KIND: dict[str, type[Frame]] = {cls.KIND: cls for cls in FRAME_TYPES}
+_FIELD_NAMES: dict[type[Frame], frozenset[str]] = {
+    cls: frozenset({"type", *(f.name for f in dataclasses.fields(cls))}) for cls in FRAME_TYPES
+}
+
+
+def _big_int(name: str, value: bytes) -> int:
+    """An integer above 64 bits from its wire form: 9..32 bytes, big-endian, no leading zero byte."""
+    if not 9 <= len(value) <= 32 or value[0] == 0:
+        raise ValueError(f"field {name!r} is not a canonical big integer")
+    return int.from_bytes(value, "big")
 
 
 def _check_int(name: str, value: Any) -> int:
@@ -82,6 +101,8 @@ def _check_str(name: str, value: Any) -> str:
     limit = MAX_TEXT_CHARS if name in _TEXT_FIELDS else MAX_FIELD_CHARS
     if len(value) > limit:
         raise ValueError(f"field {name!r} longer than {limit} characters")
+    if name in _ID_FIELDS and "\x00" in value:
+        raise ValueError(f"field {name!r} contains NUL")
     return value
 
 
@@ -158,6 +179,30 @@ def _ext_hook(code: int, data: bytes) -> Any:
     raise ValueError("msgpack extension types are not allowed")
 
 
+def _holds_timestamp(value: Any) -> bool:
+    """Whether a decoded value holds a msgpack timestamp: extension type -1, which msgpack decodes itself
+    instead of passing it to the ext hook. Known fields are type-checked; this covers unknown ones."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, msgpack.Timestamp):
+            return True
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+    return False
+
+
+def _wire_value(value: Any) -> Any:
+    """The msgpack form of a checked field value."""
+    if isinstance(value, tuple):
+        return list(value)
+    if type(value) is int and value > _MAX_MSGPACK_UINT:
+        return value.to_bytes((value.bit_length() + 7) // 8, "big")
+    return value
+
+
 def encode(frame: Frame) -> bytes:
     """Serialises one frame with its length prefix. Raises :class:`LocalProtocolError` if it exceeds the
     limits the peer will enforce (better to fail here than to be disconnected)."""
@@ -173,8 +218,11 @@ def encode(frame: Frame) -> bytes:
             checker(name, list(value) if isinstance(value, tuple) else value)
         except (TypeError, ValueError) as exc:
             raise LocalProtocolError(f"cannot send {cls.KIND} frame: {exc}") from exc
-        body[name] = list(value) if isinstance(value, tuple) else value
-    payload = msgpack.packb(body, use_bin_type=True)
+        body[name] = _wire_value(value)
+    try:
+        payload = msgpack.packb(body, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:  # e.g. a lone surrogate has no UTF-8 form
+        raise LocalProtocolError(f"cannot send {cls.KIND} frame: {exc}") from exc
     if len(payload) > MAX_FRAME_SIZE:
         raise LocalProtocolError(
             f"{cls.KIND} frame of {len(payload)} bytes exceeds the {MAX_FRAME_SIZE}-byte limit",
@@ -219,6 +267,10 @@ def decode_payload(payload: bytes) -> Frame:
     cls = _BY_KIND.get(kind) if type(kind) is str else None
     if cls is None:
         raise RemoteProtocolError(f"unknown frame type {kind!r}", code=ErrorCode.MALFORMED_FRAME)
+    if any(_holds_timestamp(v) for k, v in body.items() if k not in _FIELD_NAMES[cls]):
+        raise RemoteProtocolError(
+            "malformed frame: msgpack extension types are not allowed", code=ErrorCode.MALFORMED_FRAME
+        )
     values: dict[str, Any] = {}
     for name, checker, optional, has_default in _SCHEMAS[cls]:
         if name not in body or (body[name] is None and optional):
@@ -226,7 +278,10 @@ def decode_payload(payload: bytes) -> Frame:
                 continue
             raise RemoteProtocolError(f"{kind} frame lacks field {name!r}", code=ErrorCode.MALFORMED_FRAME)
         try:
-            values[name] = checker(name, body[name])
+            raw = body[name]
+            if checker is _check_int and type(raw) is bytes:
+                raw = _big_int(name, raw)
+            values[name] = checker(name, raw)
         except (TypeError, ValueError) as exc:
             raise RemoteProtocolError(f"{kind} frame: {exc}", code=ErrorCode.MALFORMED_FRAME) from exc
     return cls(**values)
@@ -252,47 +307,64 @@ class FrameDecoder:
         return len(self._buffer)
 
     def receive_data(self, data: bytes) -> list[Frame]:
+        """The frames completed by ``data`` (possibly none), in order. Raises :class:`RemoteProtocolError`
+        for bytes that cannot be a valid frame; the decoder is then broken for good."""
         if self._broken is not None:
             raise self._broken
-        self._buffer += data
         frames: list[Frame] = []
+        view = memoryview(data)
         try:
             while True:
-                header = self._parse_header()
-                if header is None:
-                    break
-                size, offset = header
-                if len(self._buffer) < offset + size:
-                    break
-                payload = bytes(self._buffer[offset : offset + size])
-                del self._buffer[: offset + size]
-                frames.append(decode_payload(payload))
+                # Take no more than one whole frame can need, so that a large ``data`` is never copied
+                # into the buffer at once: the buffer stays within max_frame_size + header bytes.
+                room = self._max + _MAX_VARINT_BYTES - len(self._buffer)
+                self._buffer += view[:room]
+                view = view[room:]
+                frames.extend(self._drain())
+                if not view:
+                    return frames
         except RemoteProtocolError as exc:
             self._broken = exc
             self._buffer.clear()
             raise
-        return frames
+
+    def _drain(self) -> list[Frame]:
+        """Decodes the whole frames at the start of the buffer. A full buffer always holds one."""
+        frames: list[Frame] = []
+        while True:
+            header = self._parse_header()
+            if header is None:
+                return frames
+            size, offset = header
+            if len(self._buffer) < offset + size:
+                return frames
+            payload = bytes(self._buffer[offset : offset + size])
+            del self._buffer[: offset + size]
+            frames.append(decode_payload(payload))
 
     def _parse_header(self) -> tuple[int, int] | None:
+        """(payload size, header size) once the length prefix is complete, ``None`` until then. Raises as
+        soon as the prefix can only announce a frame above the limit: never waits for its payload."""
         value = 0
-        for i in range(min(len(self._buffer), _MAX_VARINT_BYTES + 1)):
+        for i in range(min(len(self._buffer), _MAX_VARINT_BYTES)):
             byte = self._buffer[i]
             value |= (byte & 0x7F) << (7 * i)
-            if not byte & 0x80:
-                if i > 0 and byte == 0:
-                    raise RemoteProtocolError("non-minimal frame length", code=ErrorCode.MALFORMED_FRAME)
-                if value > self._max:
+            if byte & 0x80:
+                # another byte follows, so the length is at least 2**(7*(i+1))
+                if 1 << (7 * (i + 1)) > self._max:
                     raise RemoteProtocolError(
-                        f"frame of {value} bytes exceeds the {self._max}-byte limit",
+                        f"frame length prefix announces more than {self._max} bytes",
                         code=ErrorCode.FRAME_TOO_LARGE,
                     )
-                if value == 0:
-                    raise RemoteProtocolError("empty frame", code=ErrorCode.MALFORMED_FRAME)
-                return value, i + 1
-            if i == _MAX_VARINT_BYTES:
-                break
-        if len(self._buffer) > _MAX_VARINT_BYTES:
-            raise RemoteProtocolError(
-                f"frame length prefix announces more than {self._max} bytes", code=ErrorCode.FRAME_TOO_LARGE
-            )
+                continue
+            if i > 0 and byte == 0:
+                raise RemoteProtocolError("non-minimal frame length", code=ErrorCode.MALFORMED_FRAME)
+            if value > self._max:
+                raise RemoteProtocolError(
+                    f"frame of {value} bytes exceeds the {self._max}-byte limit",
+                    code=ErrorCode.FRAME_TOO_LARGE,
+                )
+            if value == 0:
+                raise RemoteProtocolError("empty frame", code=ErrorCode.MALFORMED_FRAME)
+            return value, i + 1
         return None

@@ -20,10 +20,13 @@ SUPPORTED_VERSIONS: tuple[str, ...] = (PROTOCOL_VERSION,)
 class JobConnection:
     """Both sides' protocol state for one job stream.
 
-    ``send`` checks that *we* may send the frame (else :class:`LocalProtocolError`) and returns its bytes;
-    ``receive_data`` decodes what the peer sent and checks that *it* was allowed (else
-    :class:`RemoteProtocolError`). Token batches must be gap-free: each ``seq`` continues the last one
-    (the first batch starts at the request's ``first_index`` or the resume's ``from_seq``).
+    ``send`` checks that *we* may send the frame (else :class:`LocalProtocolError`, and nothing changes)
+    and returns its bytes; ``receive_data`` decodes what the peer sent and checks that *it* was allowed
+    (else :class:`RemoteProtocolError`). Token batches must be gap-free: each ``seq`` continues the last
+    one (the first batch starts at the request's ``first_index`` or the resume's ``from_seq``).
+
+    After a :class:`RemoteProtocolError` the peer's side of the stream is unusable: ``receive_data`` raises
+    the same error again on any further data, while ``send`` still works (to send an ``Error`` frame).
     """
 
     def __init__(self, role: Role, *, max_frame_size: int = MAX_FRAME_SIZE) -> None:
@@ -33,6 +36,7 @@ class JobConnection:
         self.host_state: HostState = HostState.START
         self.next_seq: int = 0
         self.job_id: str | None = None
+        self._broken: RemoteProtocolError | None = None
 
     @property
     def our_state(self) -> State:
@@ -43,17 +47,26 @@ class JobConnection:
         return self.host_state if self.role is Role.CLIENT else self.client_state
 
     def send(self, frame: Frame) -> bytes:
+        # Encode first: a frame that breaks the size limits must not move the state either.
+        data = encode(frame)
         problem = self._apply(self.role, frame)
         if problem is not None:
             raise LocalProtocolError(problem, code=ErrorCode.UNEXPECTED_FRAME)
-        return encode(frame)
+        return data
 
     def receive_data(self, data: bytes) -> list[Frame]:
-        frames = self._decoder.receive_data(data)
-        for frame in frames:
-            problem = self._apply(self.role.peer, frame)
-            if problem is not None:
-                raise RemoteProtocolError(problem, code=ErrorCode.UNEXPECTED_FRAME)
+        if self._broken is not None:
+            raise self._broken
+        try:
+            frames = self._decoder.receive_data(data)
+            for frame in frames:
+                problem = self._apply(self.role.peer, frame)
+                if problem is not None:
+                    raise RemoteProtocolError(problem, code=ErrorCode.UNEXPECTED_FRAME)
+        except RemoteProtocolError as exc:
+            # Frames after the bad one were decoded but not applied: our view of the peer is lost.
+            self._broken = exc
+            raise
         return frames
 
     def _apply(self, sender: Role, frame: Frame) -> str | None:

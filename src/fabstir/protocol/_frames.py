@@ -179,7 +179,17 @@ FRAME_TYPES: tuple[type[Frame], ...] = (
 def end_signing_payload(
     job_id: str, completion_tokens: int, tokens_sent: int, transcript_hash: bytes
 ) -> bytes:
-    """The bytes a host signs in ``End``: binds the job, the usage it claims and the text it sent."""
+    """The bytes a host signs in ``End``: binds the job, the usage it claims and the text it sent.
+
+    ``b"fabstir/end/v1\\x00" + job_id + b"\\x00" + decimal(completion_tokens) + b"\\x00" +
+    decimal(tokens_sent) + b"\\x00" + transcript_hash``. Read from the left it has one meaning only because
+    a job id holds no NUL (the codec refuses such ids; so does this function, with :class:`ValueError`)
+    and decimals hold none.
+    """
+    if "\x00" in job_id:
+        raise ValueError("a job id must not contain NUL")
+    if completion_tokens < 0 or tokens_sent < 0:
+        raise ValueError("token counts are non-negative")
     return b"fabstir/end/v1\x00" + b"\x00".join(
         (job_id.encode(), str(completion_tokens).encode(), str(tokens_sent).encode(), transcript_hash)
     )

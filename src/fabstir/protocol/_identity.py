@@ -13,6 +13,9 @@ __all__ = ["PeerIdentity", "public_key_from_peer_id", "verify_peer_signature"]
 _ED25519_PREFIX = b"\x08\x01\x12\x20"
 # multihash "identity" (0x00) of length 36
 _IDENTITY_MH_PREFIX = b"\x00\x24"
+#: An Ed25519 peer id is 52 base58 characters. Longer input is refused before decoding: base58 decoding
+#: is quadratic, and peer ids arrive from the network (a 64 KiB one takes seconds).
+_MAX_PEER_ID_CHARS = 64
 
 
 class PeerIdentity:
@@ -35,6 +38,8 @@ class PeerIdentity:
 
 def public_key_from_peer_id(peer_id: str) -> bytes | None:
     """The Ed25519 public key inside a peer id, or ``None`` if it embeds no Ed25519 key."""
+    if len(peer_id) > _MAX_PEER_ID_CHARS:
+        return None
     try:
         raw = base58.b58decode(peer_id)
     except ValueError:
@@ -46,6 +51,8 @@ def public_key_from_peer_id(peer_id: str) -> bytes | None:
 
 
 def verify_peer_signature(peer_id: str, data: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is the Ed25519 signature of ``data`` by the key inside ``peer_id``. ``False``
+    for anything malformed (never raises for bad input)."""
     public = public_key_from_peer_id(peer_id)
     if public is None or len(signature) != 64:
         return False

@@ -10,6 +10,7 @@ the key, expired records and malformed fields; among valid records the highest `
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -104,9 +105,13 @@ def _bad(reason: str) -> RemoteProtocolError:
 def _str_list(value: Any, name: str) -> tuple[str, ...]:
     if type(value) is not list or len(value) > _MAX_ITEMS:
         raise _bad(f"{name} must be a list of at most {_MAX_ITEMS} strings")
-    if not all(type(v) is str and 0 < len(v) <= _MAX_STR for v in value):
+    if not all(_short_str(v) for v in value):
         raise _bad(f"{name} must hold non-empty strings")
     return tuple(value)
+
+
+def _short_str(value: Any) -> bool:
+    return type(value) is str and 0 < len(value) <= _MAX_STR
 
 
 def _nonneg_int(value: Any, name: str) -> int:
@@ -146,16 +151,17 @@ def decode_capability_record(value: bytes) -> CapabilityRecord:
         raise _bad("prices must be a map")
     prices: dict[str, Mapping[str, int]] = {}
     for model, per_token in prices_raw.items():
-        if type(model) is not str or type(per_token) is not dict or len(per_token) > _MAX_ITEMS:
+        if not _short_str(model) or type(per_token) is not dict or len(per_token) > _MAX_ITEMS:
             raise _bad("prices must map model -> token -> price")
-        prices[model] = MappingProxyType(
-            {str(t): _nonneg_int(p, "price") for t, p in per_token.items() if type(t) is str}
-        )
+        if not all(_short_str(t) for t in per_token):
+            raise _bad("prices must map model -> token -> price")
+        prices[model] = MappingProxyType({t: _nonneg_int(p, "price") for t, p in per_token.items()})
     expires = body.get("expires")
     chain_id = body.get("chain_id")
     payment_address = body.get("payment_address")
-    if not isinstance(expires, int | float) or isinstance(expires, bool):
-        raise _bad("expires must be a number")
+    # NaN would never compare as expired, and an infinite expiry makes a record immortal.
+    if not isinstance(expires, int | float) or isinstance(expires, bool) or not math.isfinite(expires):
+        raise _bad("expires must be a finite number")
     if type(payment_address) is not str or len(payment_address) > _MAX_STR:
         raise _bad("payment address must be a string")
     return CapabilityRecord(

@@ -8,10 +8,18 @@ a :class:`~fabstir.protocol.JobConnection` feeds it the frames it sends (a viola
 
 Client:  START -hello-> GREETED -request-> REQUESTED -confirm-> CONFIRMED -receipt-> CONFIRMED
                                  -resume--> CONFIRMED           -cancel-> CANCELLED -receipt-> CANCELLED
+                                            REQUESTED -cancel-> WITHDRAWN   (nothing was bought)
 Host:    START -hello-> GREETED -offer-> OFFERED -tokens-> STREAMING -tokens-> STREAMING -end-> ENDED
                                 -reject-> REJECTED        -end-> ENDED
                                 -tokens/end-> (resumed job)
-Either side may send ``error`` from any non-final state (-> ERRORED); the stream is then over.
+Either side may send ``error`` from any state but ERRORED and REJECTED (-> ERRORED); after it the sender
+sends nothing more.
+
+The guards on the other side's state are checked by both peers against their own view, and the two
+directions of a stream cross: a frame may have been sent before its sender saw our latest one. So guards
+admit the states our crossing frames can lead to (a host may still greet, offer or reject a client whose
+``Cancel`` is on its way), but never a state only reached after the frame they protect (tokens need a
+confirmation or a resume; a cancelled request stays unpaid: no tokens, no ``End``).
 """
 
 from __future__ import annotations
@@ -50,7 +58,8 @@ class ClientState(Enum):
     GREETED = "GREETED"
     REQUESTED = "REQUESTED"
     CONFIRMED = "CONFIRMED"
-    CANCELLED = "CANCELLED"
+    CANCELLED = "CANCELLED"  # cancelled after confirming (or resuming): the host still ends the job
+    WITHDRAWN = "WITHDRAWN"  # cancelled before confirming: nothing was bought
     ERRORED = "ERRORED"
 
 
@@ -66,7 +75,12 @@ class HostState(Enum):
 
 State = ClientState | HostState
 C, H = ClientState, HostState
+#: the client confirmed (or resumed) the job, possibly cancelling it since: tokens and End may flow
 _STREAM_READY = frozenset({C.CONFIRMED, C.CANCELLED})
+#: the client has asked for a job (and may have withdrawn it since, crossing our answer)
+_REQUESTED = frozenset({C.REQUESTED, C.WITHDRAWN})
+#: the client has greeted (whatever it sent next); not ERRORED: after an error nothing more is sent
+_GREETED = frozenset({C.GREETED, C.REQUESTED, C.CONFIRMED, C.CANCELLED, C.WITHDRAWN})
 
 #: (sender role, sender state, frame type) -> (sender's next state, states the peer must be in, or None)
 TRANSITIONS: dict[tuple[Role, State, type[Frame]], tuple[State, frozenset[State] | None]] = {
@@ -75,14 +89,14 @@ TRANSITIONS: dict[tuple[Role, State, type[Frame]], tuple[State, frozenset[State]
     (Role.CLIENT, C.GREETED, Request): (C.REQUESTED, None),
     (Role.CLIENT, C.GREETED, Resume): (C.CONFIRMED, None),
     (Role.CLIENT, C.REQUESTED, Confirm): (C.CONFIRMED, frozenset({H.OFFERED})),
-    (Role.CLIENT, C.REQUESTED, Cancel): (C.CANCELLED, None),
+    (Role.CLIENT, C.REQUESTED, Cancel): (C.WITHDRAWN, None),
     (Role.CLIENT, C.CONFIRMED, Receipt): (C.CONFIRMED, None),
     (Role.CLIENT, C.CONFIRMED, Cancel): (C.CANCELLED, None),
     (Role.CLIENT, C.CANCELLED, Receipt): (C.CANCELLED, None),
     # host
-    (Role.HOST, H.START, Hello): (H.GREETED, frozenset({C.GREETED, C.REQUESTED, C.CONFIRMED})),
-    (Role.HOST, H.GREETED, Offer): (H.OFFERED, frozenset({C.REQUESTED})),
-    (Role.HOST, H.GREETED, Reject): (H.REJECTED, frozenset({C.REQUESTED, C.CANCELLED})),
+    (Role.HOST, H.START, Hello): (H.GREETED, _GREETED),
+    (Role.HOST, H.GREETED, Offer): (H.OFFERED, _REQUESTED),
+    (Role.HOST, H.GREETED, Reject): (H.REJECTED, _REQUESTED),
     (Role.HOST, H.GREETED, TokenBatch): (H.STREAMING, _STREAM_READY),  # resumed job
     (Role.HOST, H.GREETED, End): (H.ENDED, _STREAM_READY),  # resumed job that had finished
     (Role.HOST, H.OFFERED, TokenBatch): (H.STREAMING, _STREAM_READY),
