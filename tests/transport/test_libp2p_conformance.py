@@ -3,6 +3,7 @@ Kademlia on ``/fabstir/kad/1.0.0``, each node with its own trio thread, all in t
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -38,5 +39,4 @@ class TestLibp2pConformance(TransportConformance):
             return new
 
         yield make
-        for transport in made:
-            await transport.aclose()
+        await asyncio.gather(*(transport.aclose() for transport in made))  # ~0.2 s each: in parallel

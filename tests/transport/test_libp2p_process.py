@@ -5,6 +5,7 @@ throughput of token-sized writes against batched ones (printed, for the record).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -42,7 +43,7 @@ class PeerProcess:
         self.info = info
 
     def signal(self, signum: int) -> None:
-        os.kill(self.process.pid, signum)
+        self.process.send_signal(signum)
 
 
 @asynccontextmanager
@@ -62,9 +63,9 @@ async def peer_process(mode: str = "serve") -> AsyncIterator[PeerProcess]:
         announced = json.loads(line)
         yield PeerProcess(process, PeerInfo(announced["peer_id"], tuple(announced["addrs"])))
     finally:
-        if process.returncode is None:
-            for signum in (signal.SIGCONT, signal.SIGKILL):  # a stopped process must resume to die
-                os.kill(process.pid, signum)
+        for signum in (signal.SIGCONT, signal.SIGKILL):  # a stopped process must resume to die
+            with contextlib.suppress(ProcessLookupError):  # already dead (and reaped)
+                process.send_signal(signum)
         await process.wait()
 
 

@@ -147,7 +147,10 @@ def provider_key(key: bytes) -> bytes:
 
 
 async def find_providers(dht: KadDHT, key: bytes, count: int) -> list[PeerInfo]:
-    """Up to ``count`` distinct providers of ``key``, from the network and then the local store."""
+    """Up to ``count`` distinct providers of ``key``, from the network and then the local store.
+
+    While the lookup runs, this node answers others' queries for the key without its local records:
+    a short gap that costs them little (they ask the k closest peers, not only us)."""
     if count < 1:
         return []
     mh = provider_key(key)
@@ -169,7 +172,8 @@ async def find_providers(dht: KadDHT, key: bytes, count: int) -> list[PeerInfo]:
 
 
 async def get_value(dht: KadDHT, key: bytes, clock: Callable[[], float]) -> bytes | None:
-    """The best valid value of ``key`` (highest seq) among the network's and the local copy."""
+    """The best valid value of ``key`` (highest seq) among the network's and the local copy (which
+    others' queries do not see while the lookup runs, as in :func:`find_providers`)."""
     store = dht.value_store.store
     # Hide the local copy for the lookup, or libp2p returns it unchecked (even expired) forever.
     hidden = store.pop(key, None)

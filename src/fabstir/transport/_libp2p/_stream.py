@@ -152,6 +152,8 @@ class Libp2pStream:
         return bytes(out)
 
     async def write(self, data: bytes) -> None:
+        """Returns once yamux accepted all of ``data``. A write cancelled midway may have sent part of it
+        (reset the stream then); a peer that reads nothing for 5 s fails it (yamux's own limit)."""
         self._check_writable()
         if not data:
             return
@@ -203,6 +205,11 @@ class Libp2pStream:
     def abort(self, message: str) -> None:
         """Fails the stream locally at once (the transport is closing): reads and writes raise."""
         self._fail(message, False)
+
+    def discard(self) -> None:
+        """Resets a stream nobody will use (its opener was cancelled, its protocol has no handler)."""
+        self._fail("stream reset", False)
+        self._bridge.spawn(self.trio_reset)
 
     def _fail(self, message: str, keep_data: bool = True) -> None:
         """Terminal error: later reads (after the buffered data, if kept) and writes raise."""

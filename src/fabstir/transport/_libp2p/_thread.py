@@ -129,10 +129,11 @@ class TrioThread:
     def _in_trio_thread(self) -> bool:
         return self._thread is not None and threading.current_thread() is self._thread
 
-    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+    async def call(self, fn: Callable[[], Awaitable[T]], *, orphan: Callable[[T], object] | None = None) -> T:
         """Awaits ``fn()`` run as a trio task. Exceptions from ``fn`` propagate as they are (``fn`` maps
         them to fabstir errors); cancelling the caller cancels ``fn``; a stopped thread raises
-        :class:`TransportError`."""
+        :class:`TransportError`. If ``fn`` completes after its caller was cancelled, its result is
+        handed to ``orphan`` (on the asyncio loop) to be released."""
         loop = asyncio.get_running_loop()
         result: asyncio.Future[T] = loop.create_future()
         scope = trio.CancelScope()  # cancelled from the asyncio side through run_sync_soon
@@ -152,7 +153,7 @@ class TrioThread:
             if scope.cancelled_caught:  # the asyncio side gave up: it is not waiting any more
                 self.post(_settle, result, None, asyncio.CancelledError())
             else:
-                self.post(_settle, result, value, None)
+                self.post(_deliver, result, value, orphan)
 
         if not self.spawn(task):
             raise TransportError("transport closed")
@@ -191,6 +192,13 @@ def _start_soon(nursery: trio.Nursery, fn: Callable[[], Awaitable[object]]) -> b
     except RuntimeError:  # the nursery is closing: the task would have been cancelled at once
         return False
     return True
+
+
+def _deliver(future: asyncio.Future[T], value: T, orphan: Callable[[T], object] | None) -> None:
+    if not future.done():
+        future.set_result(value)
+    elif orphan is not None:  # the caller was cancelled while the result was on its way
+        orphan(value)
 
 
 def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:

@@ -160,6 +160,7 @@ class Libp2pTransport:
             await self._bridge.start(self._trio_serve)
         except Exception as exc:
             self._closing = True
+            await self._bridge.wait_finished()  # the thread is ending: leave nothing behind
             self._closed.set()
             raise to_transport_error(_single(exc), "starting the libp2p node") from exc
 
@@ -252,8 +253,7 @@ class Libp2pTransport:
         """An inbound stream arrived (trio posted it): run its handler as a task we own."""
         handler = self._handlers.get(stream.protocol_id)
         if self._closing or handler is None:
-            stream.abort("transport closed")
-            self._bridge.spawn(stream.trio_reset)
+            stream.discard()
             return
         self._track(stream)
 
@@ -287,7 +287,9 @@ class Libp2pTransport:
 
     async def open_stream(self, peer: PeerInfo, protocol_id: str) -> Libp2pStream:
         self._require_running()
-        stream = await self._bridge.call(lambda: self._trio_open_stream(peer, protocol_id))
+        stream = await self._bridge.call(
+            lambda: self._trio_open_stream(peer, protocol_id), orphan=Libp2pStream.discard
+        )
         self._track(stream)
         return stream
 
