@@ -204,18 +204,19 @@ async def test_pause_and_resume_stream(sdk: FabstirSDK) -> None:
     assert (first.index, second.index) == (0, 1)
 
 
-async def test_leaving_the_stream_early_cancels_the_job_and_pays_for_what_arrived(sdk: FabstirSDK) -> None:
+async def test_leaving_the_stream_early_cancels_the_job_and_pays_for_what_arrived() -> None:
     """Closing an owning stream early cancels the job; the host is paid only for acknowledged tokens."""
-    handle = await sdk.submit_job(prompt="long answer", model=MODEL, max_tokens=200, stream=True)
-    assert handle.stream is not None
-    async with handle.stream as stream:
-        async for token in stream:
-            if token.index == 2:
-                break
-    await sdk.wait_for_job_completion(handle.job_id)
-    assert await sdk.get_job_status(handle.job_id) == JobStatus.CANCELLED
-    payment = await sdk.approve_job_payment(handle.job_id)
-    cost = await sdk.calculate_actual_cost(handle.job_id)
+    async with FabstirSDK(mock=MockConfig(seed=1, realistic_pacing=True)) as sdk:
+        handle = await sdk.submit_job(prompt="long answer", model=MODEL, max_tokens=200, stream=True)
+        assert handle.stream is not None
+        async with handle.stream as stream:
+            async for token in stream:
+                if token.index == 2:
+                    break
+        await sdk.wait_for_job_completion(handle.job_id)
+        assert await sdk.get_job_status(handle.job_id) == JobStatus.CANCELLED
+        payment = await sdk.approve_job_payment(handle.job_id)
+        cost = await sdk.calculate_actual_cost(handle.job_id)
     assert cost.total + cost.refunded == payment.deposit
     assert cost.tokens < 200
 

@@ -63,8 +63,9 @@ def test_sync_errors_are_the_same_typed_errors() -> None:
 
 
 def test_sync_cancel_and_events() -> None:
-    """Callbacks fire on the facade's loop thread; cancel_job ends a job as CANCELLED."""
-    with FabstirSDKSync() as sdk:
+    """Callbacks fire on the facade's loop thread; cancel_job ends a running job as CANCELLED."""
+    # Paced hosts: the job must still be running when cancel_job arrives from this thread.
+    with FabstirSDKSync(mock=MockConfig(realistic_pacing=True)) as sdk:
         seen: list[str] = []
         unsubscribe = sdk.on("job:cancelled", lambda e: seen.append(e.name.value))
         job = sdk.submit_job(prompt="cancel", model=MODEL, max_tokens=400)

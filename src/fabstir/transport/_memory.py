@@ -32,6 +32,7 @@ from .._exceptions import PeerUnreachableError, RemoteProtocolError, TransportEr
 from ..protocol._identity import PeerIdentity
 from ..protocol._records import CAPABILITY_NAMESPACE, select_capability_record, validate_capability_record
 from ._base import PeerEvent, PeerEventKind, PeerInfo, StreamHandler
+from ._listeners import PeerListeners
 
 __all__ = ["InMemoryNetwork", "InMemoryStream", "InMemoryTransport"]
 
@@ -440,7 +441,7 @@ class InMemoryTransport:
         self._identity = identity
         self._addrs = (f"/memory/{number}/p2p/{identity.peer_id}",)
         self._handlers: dict[str, StreamHandler] = {}
-        self._listeners: list[Callable[[PeerEvent], None]] = []
+        self._listeners = PeerListeners()
         self._connected: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._state = _State.NEW
@@ -513,23 +514,13 @@ class InMemoryTransport:
         self._handlers[protocol_id] = handler
 
     def add_peer_listener(self, listener: Callable[[PeerEvent], None]) -> Callable[[], None]:
-        self._listeners.append(listener)
-
-        def remove() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-        return remove
+        return self._listeners.add(listener)
 
     def connected_peers(self) -> tuple[str, ...]:
         return tuple(sorted(self._connected))
 
     def _notify(self, event: PeerEvent) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:
-                _log.exception("peer listener raised on %s", event)
+        self._listeners.emit(event)
 
     def _peer_joined(self, peer_id: str) -> None:
         if peer_id not in self._connected:

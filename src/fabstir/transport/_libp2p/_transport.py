@@ -33,6 +33,7 @@ from ..._exceptions import ConfigurationError, PeerUnreachableError, RemoteProto
 from ...protocol import PeerIdentity, validate_capability_record
 from ...protocol._records import CAPABILITY_NAMESPACE
 from .._base import PeerEvent, PeerEventKind, PeerInfo, StreamHandler
+from .._listeners import PeerListeners
 from . import _dht
 from ._errors import is_reset, is_unsupported_protocol, to_transport_error, unreachable
 from ._host import HostSettings, build_host, quiet_libp2p_logging
@@ -118,7 +119,7 @@ class Libp2pTransport:
         # asyncio side
         self._addrs: tuple[str, ...] = ()
         self._handlers: dict[str, StreamHandler] = {}
-        self._listeners: list[Callable[[PeerEvent], None]] = []
+        self._listeners = PeerListeners()
         self._connected: set[str] = set()
         self._streams: set[Libp2pStream] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -225,13 +226,7 @@ class Libp2pTransport:
         self._handlers[protocol_id] = handler
 
     def add_peer_listener(self, listener: Callable[[PeerEvent], None]) -> Callable[[], None]:
-        self._listeners.append(listener)
-
-        def remove() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-        return remove
+        return self._listeners.add(listener)
 
     def connected_peers(self) -> tuple[str, ...]:
         return tuple(sorted(self._connected))
@@ -243,11 +238,7 @@ class Libp2pTransport:
             self._connected.add(event.peer_id)
         else:
             self._connected.discard(event.peer_id)
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:
-                _log.exception("peer listener raised")
+        self._listeners.emit(event)
 
     def _dispatch(self, stream: Libp2pStream) -> None:
         """An inbound stream arrived (trio posted it): run its handler as a task we own."""
