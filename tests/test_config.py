@@ -337,8 +337,9 @@ INVALID_HOSTS: list[tuple[dict[str, Any], str]] = [
     ({"models": [1]}, "mock.hosts.models must be a non-empty list of strings"),
     ({"models": [""]}, "mock.hosts.models must not hold an empty model id"),
     ({"models": ["m", "m"]}, "mock.hosts.models must not list a model twice"),
-    ({"price_per_token": -1}, "mock.hosts.price_per_token must be a non-negative integer"),
-    ({"price_per_token": 1.5}, "mock.hosts.price_per_token must be a non-negative integer"),
+    ({"price_per_token": -1}, "mock.hosts.price_per_token must be a positive integer"),
+    ({"price_per_token": 0}, "mock.hosts.price_per_token must be a positive integer"),
+    ({"price_per_token": 1.5}, "mock.hosts.price_per_token must be a positive integer"),
     ({"latency_ms": -1}, "mock.hosts.latency_ms must be a non-negative number"),
     ({"tokens_per_second": 0}, "mock.hosts.tokens_per_second must be a positive number"),
     ({"reliability": 1.5}, "mock.hosts.reliability must be a number between 0 and 1"),
@@ -447,7 +448,7 @@ def test_edge_values_accepted() -> None:
 @pytest.mark.parametrize("reason", [None, *RejectReason, *(r.value for r in RejectReason)])
 def test_mock_host_reject_reasons_accepted(reason: str | None) -> None:
     """A mock host may reject with any RejectReason, given as the enum or its string, or not at all."""
-    spec = MockHostSpec(name="h", reject=reason, drop_at_token=0, error_at_token=0, price_per_token=0)
+    spec = MockHostSpec(name="h", reject=reason, drop_at_token=0, error_at_token=0, price_per_token=1)
     assert spec.reject == reason
 
 

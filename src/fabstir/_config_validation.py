@@ -277,7 +277,8 @@ def validate_mock_host(spec: MockHostSpec) -> None:
         _fail("mock.hosts.models must not hold an empty model id")
     if len(set(spec.models)) != len(spec.models):
         _fail("mock.hosts.models must not list a model twice")
-    _non_negative_int("mock.hosts.price_per_token", spec.price_per_token)
+    # Escrow needs a positive deposit, so a mock host cannot be free.
+    _positive_int("mock.hosts.price_per_token", spec.price_per_token)
     _non_negative_number("mock.hosts.latency_ms", spec.latency_ms)
     _positive_number("mock.hosts.tokens_per_second", spec.tokens_per_second)
     _fraction("mock.hosts.reliability", spec.reliability)

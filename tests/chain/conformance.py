@@ -49,7 +49,7 @@ PRICE = 1_000
 #: How long sessions opened by the suite last, in ledger seconds.
 TTL = 3600.0
 
-_SESSION_ID = re.compile(r"0x[0-9a-f]{64}")
+_SESSION_ID = re.compile(r"0x[0-9a-fA-F]{64}")
 _TX_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
 
 

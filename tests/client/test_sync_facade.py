@@ -78,7 +78,8 @@ def test_sync_cancel_and_events() -> None:
 def test_sync_discovery_negotiation_and_subscriptions() -> None:
     """select_best_node, negotiate_with_nodes, submit_job_with_negotiation and the per-job and payment
     subscriptions behave as in the async SDK."""
-    with FabstirSDKSync(mock=MockConfig(seed=8)) as sdk:
+    # Paced hosts: the per-job subscriptions below are made while the second job is still running.
+    with FabstirSDKSync(mock=MockConfig(seed=8, realistic_pacing=True)) as sdk:
         best = sdk.select_best_node(model=MODEL, strategy="price")
         assert best.capabilities.price_for(MODEL) == min(
             n.capabilities.price_for(MODEL) or 0 for n in sdk.discover_nodes(model=MODEL)

@@ -12,6 +12,9 @@ Semantics of a payment session (SPEC §5), which every implementation must keep:
   settlement: ``host`` gets it minus the treasury fee (``fee_basis_points``), the treasury gets the fee.
   A receipt must be signed by the session's client for this chain and ledger, exceed what was already
   settled (no replay), and not exceed the deposit. Settling is allowed until expiry.
+  The fee is rounded down on the *cumulative* amount: a settlement from ``a`` to ``b`` pays
+  ``b * fee_bps // 10000 - a * fee_bps // 10000``, so a session's fees are ``settled * fee_bps // 10000``
+  however it was split (small increments cannot round the fee away).
 * ``close`` (host, with an optional last receipt) settles and refunds the remainder to the client.
 * ``reclaim`` (client, after expiry) refunds whatever was never settled and closes the session.
 * Funds are conserved: ``deposit == settled_to_host + fees + refunded + still_locked``.
