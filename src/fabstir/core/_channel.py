@@ -55,10 +55,6 @@ class FrameChannel:
             self._pending.extend(self.connection.receive_data(data))
         return self._pending.popleft()
 
-    def pending_frame(self) -> Frame | None:
-        """A frame already decoded and waiting, without reading (used to drain after a burst)."""
-        return self._pending.popleft() if self._pending else None
-
     async def close(self) -> None:
         with contextlib.suppress(TransportError):
             await self.stream.close()

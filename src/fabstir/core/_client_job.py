@@ -91,7 +91,6 @@ class JobRunner:
         self._hasher = hashlib.sha256()
         self.received = 0  # tokens received from this host
         self.acknowledged = 0  # tokens covered by our latest receipt
-        self.last_receipt_amount = 0
         self._cancel_sent = False
 
     @property
@@ -210,7 +209,6 @@ class JobRunner:
             Receipt(self.session.session_id, self.job_key, self.received, amount, signature)
         )
         self.acknowledged = self.received
-        self.last_receipt_amount = amount
 
     async def _abort(self, error: FabstirError) -> None:
         """Best effort on failure: acknowledge what arrived (the host earned it), report, reset."""

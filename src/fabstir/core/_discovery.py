@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from .._exceptions import FabstirError, RemoteProtocolError
@@ -167,7 +167,3 @@ def node_from_record(record: CapabilityRecord, latency_ms: float | None, reliabi
         record_seq=record.seq,
         record_expires=record.expires,
     )
-
-
-def models_of(nodes: Sequence[NodeInfo]) -> list[str]:
-    return sorted({m for n in nodes for m in n.capabilities.models})
