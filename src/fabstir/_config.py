@@ -93,7 +93,12 @@ def _frozen(value: Any) -> Any:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class P2PConfig:
     """libp2p settings. Validated only in production mode, by :class:`SDKConfig`; mock mode keeps them
-    as given (lists frozen to tuples)."""
+    as given (lists frozen to tuples).
+
+    Each bootstrap node is dialled up to ``1 + max_retries`` times, ``retry_delay`` doubling between
+    attempts; a dial or a new stream waits at most ``dial_timeout`` / ``request_timeout``; every
+    connection is pinged every ``ping_interval`` and dropped when a ping goes unanswered for
+    ``ping_timeout`` (how a frozen host is noticed)."""
 
     bootstrap_nodes: tuple[str, ...] | None = None
     listen_addrs: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
@@ -103,6 +108,8 @@ class P2PConfig:
     request_timeout: float = 60.0
     max_retries: int = 3
     retry_delay: float = 0.1
+    ping_interval: float = 2.0
+    ping_timeout: float = 2.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bootstrap_nodes", _frozen(self.bootstrap_nodes))
@@ -167,6 +174,10 @@ class ChainConfig:
 
     ``contracts`` maps contract names to 0x-addresses (stored read-only); ``private_key`` is 0x + 64 hex
     digits and never appears in ``repr`` or in an error message.
+
+    ``escrow=False`` runs production jobs **without payment** (nothing is deposited or paid; receipts
+    are still signed and checked, see :class:`fabstir.chain.UnescrowedLedger`). Production mode needs it
+    until the contracts land (issue 4); mock mode always escrows on its in-memory ledger.
     """
 
     rpc_url: str | None = None
@@ -176,6 +187,7 @@ class ChainConfig:
     confirmations: int = 1
     payment_token: str = "ETH"
     session_expiry: float = 3600.0
+    escrow: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "contracts", _frozen(self.contracts))
@@ -191,7 +203,7 @@ class ChainConfig:
             f"ChainConfig(rpc_url={self.rpc_url!r}, chain_id={self.chain_id!r}, "
             f"contracts={dict(self.contracts)!r}, "
             f"private_key={key}, confirmations={self.confirmations!r}, payment_token={self.payment_token!r}, "
-            f"session_expiry={self.session_expiry!r})"
+            f"session_expiry={self.session_expiry!r}, escrow={self.escrow!r})"
         )
 
 

@@ -204,6 +204,8 @@ def validate_p2p_for_production(p2p: P2PConfig | None) -> None:
     _positive_number("p2p.request_timeout", p2p.request_timeout)
     _non_negative_int("p2p.max_retries", p2p.max_retries)
     _positive_number("p2p.retry_delay", p2p.retry_delay)
+    _positive_number("p2p.ping_interval", p2p.ping_interval)
+    _positive_number("p2p.ping_timeout", p2p.ping_timeout)
 
 
 # -- the parts validated in every mode -----------------------------------------------------------------
@@ -258,6 +260,7 @@ def validate_chain(config: ChainConfig) -> None:
     _non_negative_int("chain.confirmations", config.confirmations)
     _non_empty_string("chain.payment_token", config.payment_token)
     _positive_number("chain.session_expiry", config.session_expiry)
+    _boolean("chain.escrow", config.escrow)
 
 
 def validate_recovery(config: RecoveryConfig) -> None:

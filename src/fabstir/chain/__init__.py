@@ -1,7 +1,9 @@
-"""The chain seam: payment sessions and the host registry, with the in-memory ledger of mock mode."""
+"""The chain seam: payment sessions and the host registry, with the in-memory ledger of mock mode
+and the ledger of jobs without escrow."""
 
 from ._base import HostRegistration, PaymentLedger, SessionInfo, Settlement
 from ._memory import DEFAULT_TREASURY, InMemoryLedger, LedgerEvent
+from ._unescrowed import UnescrowedLedger, client_of_session, promised_session
 
 __all__ = [
     "DEFAULT_TREASURY",
@@ -11,4 +13,7 @@ __all__ = [
     "PaymentLedger",
     "SessionInfo",
     "Settlement",
+    "UnescrowedLedger",
+    "client_of_session",
+    "promised_session",
 ]

@@ -73,6 +73,10 @@ class PaymentLedger(Protocol):
     """Errors: :class:`fabstir.InsufficientFundsError`, :class:`fabstir.InvalidReceiptError`,
     :class:`fabstir.PaymentError` (unknown session, wrong caller, expired / not yet expired, closed)."""
 
+    #: ``False`` only for :class:`~fabstir.chain.UnescrowedLedger` (jobs without payment): the host then
+    #: takes the session's terms from its own offer and settles nothing; the client watches no settlement.
+    escrowed: bool
+
     @property
     def chain_id(self) -> int: ...
 

@@ -92,6 +92,8 @@ class InMemoryLedger:
     :meth:`deregister_host` and :meth:`withdraw_stake`, and the event log :meth:`events`.
     """
 
+    escrowed = True
+
     def __init__(
         self,
         *,

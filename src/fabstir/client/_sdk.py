@@ -9,11 +9,13 @@ import builtins
 import contextlib
 import dataclasses
 import logging
+import os
 import random
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -150,6 +152,26 @@ class FabstirSDK:
             "failovers": 0,
         }
 
+    @classmethod
+    def from_devnet(cls, directory: str | os.PathLike[str] | None = None, **overrides: Any) -> FabstirSDK:
+        """An SDK in production mode on the devnet running on this machine (``fabstir devnet up``), read
+        from its devnet file in ``directory`` (default: ``$FABSTIR_DEVNET_DIR`` or ``~/.fabstir/devnet``).
+        Keyword ``overrides`` are SDK options; mappings (``p2p={...}``) are merged into the devnet's."""
+        from ..devnet import read_devnet_file
+
+        devnet = read_devnet_file(Path(directory) if directory is not None else None)
+        options: dict[str, Any] = {
+            "mode": "production",
+            "p2p": {"bootstrap_nodes": list(devnet.bootstrap_nodes)},
+            "chain": {"escrow": devnet.escrow, "chain_id": devnet.chain_id},
+        }
+        for key, value in overrides.items():
+            if isinstance(value, Mapping) and isinstance(options.get(key), dict):
+                options[key] = {**options[key], **value}
+            else:
+                options[key] = value
+        return cls(**options)
+
     # ------------------------------------------------------------------------------------------ lifecycle
     async def connect(self) -> None:
         """Starts the mode's seams (idempotent). Emits ``connected``."""
@@ -189,10 +211,77 @@ class FabstirSDK:
         self._transport = transport
 
     async def _connect_production(self) -> None:
-        raise ConfigurationError(
-            "production mode needs the libp2p transport and the chain bridge, which this version does not "
-            "include yet; use mode='mock'",
+        """Starts a libp2p node (DHT client) and dials the bootstrap peers; the ledger is chosen by
+        ``chain.escrow`` (only ``False`` is available until the contracts land)."""
+        chain = self.config.chain
+        if chain.escrow:
+            raise ConfigurationError(
+                "on-chain escrow arrives with the contracts (not in this version); to run production jobs "
+                "without payment, pass chain={'escrow': False}",
+            )
+        try:
+            from ..transport._libp2p import Libp2pTransport
+        except ImportError as exc:  # the p2p extra is not installed
+            raise ConfigurationError(
+                f"production mode needs libp2p: pip install 'fabstir-llm-sdk[p2p]' ({exc})"
+            ) from exc
+        from eth_account import Account
+
+        from ..chain import UnescrowedLedger
+        from ..protocol import PeerIdentity
+
+        p2p = self.config.p2p
+        assert p2p is not None  # validated with the config
+        assert p2p.bootstrap_nodes is not None
+        self._ledger = UnescrowedLedger(chain_id=chain.chain_id) if chain.chain_id else UnescrowedLedger()
+        self._account = Account.from_key(chain.private_key) if chain.private_key else Account.create()
+        transport = Libp2pTransport(
+            PeerIdentity(),
+            listen_addrs=p2p.listen_addrs,
+            dht_mode="client",
+            dial_timeout=min(p2p.dial_timeout, self.config.timeouts.connect),
+            stream_timeout=p2p.request_timeout,
+            ping_interval=p2p.ping_interval,
+            ping_timeout=p2p.ping_timeout,
         )
+        await transport.start()
+        self._transport = transport
+        addrs = list(transport.listen_addrs)
+        self._events.emit(EventName.P2P_STARTED, peer_id=transport.peer_id, addrs=addrs)
+        peers = [_bootstrap_peer(addr) for addr in p2p.bootstrap_nodes]
+        reached = await asyncio.gather(*(self._dial_bootstrap(transport, peer) for peer in peers))
+        if not any(reached):
+            _log.warning("no bootstrap peer answered: discovery will find nothing until one does")
+
+    async def _dial_bootstrap(self, transport: Any, peer: PeerInfo) -> bool:
+        """Dials one bootstrap peer with exponential backoff (``p2p.max_retries`` retries from
+        ``p2p.retry_delay``); reports each retry and the final failure as events, never raises."""
+        p2p = self.config.p2p
+        assert p2p is not None
+        attempts = 1 + p2p.max_retries
+        for attempt in range(1, attempts + 1):
+            try:
+                await transport.bootstrap(peer)
+                return True
+            except FabstirError as exc:
+                if attempt == attempts:
+                    self._events.emit(
+                        EventName.P2P_CONNECTION_FAILED,
+                        node_id=peer.peer_id,
+                        attempts=attempt,
+                        error=str(exc),
+                    )
+                    return False
+                delay = p2p.retry_delay * 2 ** (attempt - 1)
+                self._events.emit(
+                    EventName.P2P_CONNECTION_RETRY,
+                    node_id=peer.peer_id,
+                    attempt=attempt,
+                    delay=delay,
+                    error=str(exc),
+                )
+                await asyncio.sleep(delay)
+        return False
 
     async def _mock_probe(self, peer: PeerInfo) -> float:
         assert self._transport is not None
@@ -228,6 +317,8 @@ class FabstirSDK:
             self._peer_unsubscribe()
         if self._transport is not None:
             await self._transport.aclose()
+            if self.config.mode == "production":
+                self._events.emit(EventName.P2P_STOPPED, peer_id=self._transport.peer_id)
         if self._marketplace is not None and self._shared_marketplace is None:
             await self._marketplace.aclose()
         self._events.emit(EventName.DISCONNECTED, mode=self.config.mode)
@@ -750,15 +841,16 @@ class FabstirSDK:
             await decline(chosen.channel, reason="payment failed")
             raise
         job.session = session
-        job.payment_status = PaymentStatus.ESCROWED
-        self._events.emit(
-            EventName.PAYMENT_ESCROWED,
-            job_id=job.job_id,
-            node_id=job.host,
-            session_id=session.session_id,
-            deposit=session.deposit,
-            token=session.token,
-        )
+        if ledger.escrowed:  # without escrow the session is a promise: nothing was deposited
+            job.payment_status = PaymentStatus.ESCROWED
+            self._events.emit(
+                EventName.PAYMENT_ESCROWED,
+                job_id=job.job_id,
+                node_id=job.host,
+                session_id=session.session_id,
+                deposit=session.deposit,
+                token=session.token,
+            )
         self._events.emit(EventName.JOB_POSTED, job_id=job.job_id, session_id=session.session_id)
         runner = JobRunner(
             job_key=job.key,
@@ -835,7 +927,7 @@ class FabstirSDK:
 
     def _watch_settlement(self, job: _Job) -> None:
         """Follows the job's session on the ledger in the background (owned by the SDK)."""
-        if job.session is not None and job.settlement is None:
+        if job.session is not None and job.settlement is None and self._require_ledger().escrowed:
             job.settlement = asyncio.create_task(
                 self._observe_settlement(job), name=f"fabstir-settlement-{job.job_id}"
             )
@@ -979,9 +1071,9 @@ class FabstirSDK:
             raise RefundNotAllowedError(
                 "Refund only available for failed or cancelled jobs", job_id=record.job_id
             )
-        if record.session is None:
-            return await self.get_payment_details(record.job_id)
         ledger = self._require_ledger()
+        if record.session is None or not ledger.escrowed:  # nothing was deposited, nothing to refund
+            return await self.get_payment_details(record.job_id)
         await self._settlement_observed(record)  # the host settles and refunds on its own once the job ends
         session = await ledger.get_session(record.session.session_id)
         if not session.closed:
@@ -1128,6 +1220,12 @@ class FabstirSDK:
         assert handle.stream is not None
         async with handle.stream as response:
             yield response
+
+
+def _bootstrap_peer(addr: str) -> PeerInfo:
+    """``/ip4/…/tcp/…/p2p/<id>`` → the peer and the address to dial it at (validated with the config)."""
+    transport_part, _, peer_id = addr.rpartition("/p2p/")
+    return PeerInfo(peer_id, (transport_part,) if transport_part else ())
 
 
 def validate_request(request: JobRequest) -> None:

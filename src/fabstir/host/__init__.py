@@ -3,5 +3,14 @@
 from ._config import HostConfig, HostFaults
 from ._metrics import HostMetrics, SettledJob
 from ._node import HostNode
+from ._service import HostService, HostServiceOptions
 
-__all__ = ["HostConfig", "HostFaults", "HostMetrics", "HostNode", "SettledJob"]
+__all__ = [
+    "HostConfig",
+    "HostFaults",
+    "HostMetrics",
+    "HostNode",
+    "HostService",
+    "HostServiceOptions",
+    "SettledJob",
+]

@@ -25,10 +25,11 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 
-from .._exceptions import ErrorCode, FabstirError, RemoteProtocolError, TransportError
+from .._exceptions import ErrorCode, FabstirError, RemoteProtocolError, TransportError, ValidationError
 from .._models import RejectReason
 from ..backend import Backend
-from ..chain import PaymentLedger, SessionInfo, Settlement
+from ..chain import PaymentLedger, SessionInfo, Settlement, promised_session
+from ..chain._unescrowed import PROMISE_TTL
 from ..core._channel import FrameChannel
 from ..protocol import (
     PROTOCOL_ID,
@@ -406,7 +407,26 @@ class HostNode:
     async def _session_problem(
         self, request: Request, session_id: str, price: int
     ) -> tuple[SessionInfo | str, bool]:
-        """The session if it pays for the offer, else why not and whether asking again could help."""
+        """The session if it pays for the offer, else why not and whether asking again could help.
+
+        Without escrow (an :class:`~fabstir.chain.UnescrowedLedger`) there is nothing to look up: the
+        session is the client's promise on this offer's terms, from the client address in its id."""
+        if not self._ledger.escrowed:
+            try:
+                promise = promised_session(
+                    session_id,
+                    host=self.payment_address,
+                    token=request.payment_token,
+                    price_per_token=price,
+                    max_tokens=request.max_tokens,
+                    now=self._clock(),
+                    ttl=PROMISE_TTL + self.config.min_session_ttl,
+                )
+            except ValidationError as exc:
+                return str(exc), False
+            if promise.session_id in self._sessions_in_use:
+                return "the payment session already pays for another job", False
+            return promise, False
         try:
             async with asyncio.timeout(self.config.receipt_timeout):
                 session = await self._ledger.get_session(session_id)
@@ -585,6 +605,16 @@ class HostNode:
     async def _settle(self, job: HostJob) -> Settlement | None:
         """Closes the session with the best receipt (or none: the client gets everything back)."""
         session_id = job.session.session_id
+        if not self._ledger.escrowed:
+            _log.info(
+                "job %s ended without escrow: %d tokens sent, %d acknowledged (receipts for %d %s, unpaid)",
+                job.job_id,
+                job.sent,
+                job.acknowledged,
+                job.receipt_amount,
+                job.session.token,
+            )
+            return None
         try:
             async with asyncio.timeout(self.config.settle_timeout):
                 if job.receipt_signature is not None and job.receipt_amount > 0:

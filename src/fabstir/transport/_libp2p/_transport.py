@@ -276,6 +276,13 @@ class Libp2pTransport:
         self._require_running()
         await self._bridge.call(lambda: self._trio_connect(peer))
 
+    async def bootstrap(self, peer: PeerInfo) -> None:
+        """Connects to ``peer`` and adds it to the DHT's routing table, so lookups start from it (what the
+        ``bootstrap`` constructor argument does at start, for callers that retry on their own).
+        Raises :class:`fabstir.PeerUnreachableError`."""
+        self._require_running()
+        await self._bridge.call(lambda: self._trio_bootstrap_one(peer))
+
     async def open_stream(self, peer: PeerInfo, protocol_id: str) -> Libp2pStream:
         self._require_running()
         stream = await self._bridge.call(
@@ -367,6 +374,14 @@ class Libp2pTransport:
             await dht.add_peer(_peer_id(peer))
         except TransportError as exc:
             _log.warning("bootstrap peer %s unreachable: %s", peer.peer_id, exc)
+
+    async def _trio_bootstrap_one(self, peer: PeerInfo) -> None:
+        peer_id = await self._trio_connect(peer)
+        try:
+            await self._running_dht().add_peer(peer_id)
+        except Exception as exc:
+            what = f"adding {peer.peer_id} to the routing table"
+            raise to_transport_error(exc, what, peer.peer_id) from exc
 
     async def _trio_close_connections(self, host: IHost) -> None:
         """Closes every connection at once: libp2p closes them one by one, ~0.2 s each."""

@@ -1,0 +1,72 @@
+"""A bootstrap peer: a libp2p node that serves the DHT and nothing else, for others to start from.
+
+Run by ``fabstir bootstrap`` (operators keep one or more on stable addresses) and by the devnet.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from ..host._service import load_identity, parse_peer_addr
+
+__all__ = ["BootstrapPeer"]
+
+
+class BootstrapPeer:
+    """``async with BootstrapPeer(listen_addrs=[...], identity_path=...) as peer:`` — ``peer.addrs()``
+    are the multiaddrs (with ``/p2p/<id>``) to give hosts and clients as bootstrap nodes."""
+
+    def __init__(
+        self,
+        *,
+        listen_addrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
+        identity_path: Path | None = None,
+        bootstrap: Sequence[str] = (),
+    ) -> None:
+        self._identity = load_identity(identity_path)
+        self._listen = tuple(listen_addrs)
+        self._bootstrap = [parse_peer_addr(a) for a in bootstrap]
+        self._transport: Any = None
+
+    @property
+    def peer_id(self) -> str:
+        return self._identity.peer_id
+
+    async def start(self) -> None:
+        from ..transport._libp2p import Libp2pTransport
+
+        transport = Libp2pTransport(
+            self._identity, listen_addrs=self._listen, bootstrap=self._bootstrap, dht_mode="server"
+        )
+        await transport.start()
+        self._transport = transport
+
+    async def aclose(self) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.aclose()
+
+    async def __aenter__(self) -> BootstrapPeer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def addrs(self) -> list[str]:
+        if self._transport is None:
+            return []
+        suffix = f"/p2p/{self.peer_id}"
+        return [a if a.endswith(suffix) else a + suffix for a in self._transport.listen_addrs]
+
+    def connected_peers(self) -> int:
+        return len(self._transport.connected_peers()) if self._transport is not None else 0
+
+    def describe(self) -> dict[str, Any]:
+        return {"peer_id": self.peer_id, "addrs": self.addrs(), "pid": os.getpid()}

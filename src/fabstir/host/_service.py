@@ -1,0 +1,286 @@
+"""A host ready to run: the seams a :class:`HostNode` needs, built from one set of options.
+
+:class:`HostService` is what ``fabstir host run`` (and the devnet) starts: a libp2p node serving the DHT,
+a backend (the built-in model, any OpenAI-compatible server, or the simulated generator for tests and
+benchmarks), a ledger and a wallet, and the node itself. It owns all of them and closes them in order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import Any, Literal
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from .._exceptions import ConfigurationError
+from ..backend import Backend, SimulatedBackend
+from ..chain import PaymentLedger, UnescrowedLedger
+from ..protocol import PeerIdentity
+from ..transport import PeerInfo
+from ._config import HostConfig
+from ._node import HostNode
+
+__all__ = ["BackendKind", "HostService", "HostServiceOptions", "load_identity", "parse_peer_addr"]
+
+_log = logging.getLogger("fabstir.host")
+
+BackendKind = Literal["builtin", "openai", "simulated"]
+_SEED_BYTES = 32
+
+
+def parse_peer_addr(addr: str) -> PeerInfo:
+    """``/ip4/…/tcp/…/p2p/<peer id>`` → :class:`PeerInfo`; :class:`ConfigurationError` otherwise."""
+    if not isinstance(addr, str) or "/p2p/" not in addr:
+        raise ConfigurationError(f"Invalid bootstrap node format: {addr}")
+    transport_part, _, peer_id = addr.rpartition("/p2p/")
+    if not peer_id or "/" in peer_id or not transport_part:
+        raise ConfigurationError(f"Invalid bootstrap node format: {addr}")
+    return PeerInfo(peer_id, (transport_part,))
+
+
+def load_identity(path: Path | None) -> PeerIdentity:
+    """The node's libp2p identity: kept in ``path`` (hex seed, created with mode 0600 if missing) so the
+    peer id survives restarts, or a fresh one each run when ``path`` is ``None``."""
+    if path is None:
+        return PeerIdentity()
+    if path.exists():
+        try:
+            seed = bytes.fromhex(path.read_text().strip())
+        except ValueError as exc:
+            raise ConfigurationError(f"identity file {path} does not hold a hex seed") from exc
+        if len(seed) != _SEED_BYTES:
+            raise ConfigurationError(f"identity file {path} must hold {_SEED_BYTES} bytes of hex")
+        return PeerIdentity(seed)
+    seed = secrets.token_bytes(_SEED_BYTES)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(seed.hex() + "\n")
+    os.replace(tmp, path)  # never a half-written key
+    return PeerIdentity(seed)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HostServiceOptions:
+    """What ``fabstir host run`` takes.
+
+    * ``backend``: ``"builtin"`` (SmolLM2 in an embedded llama.cpp server, ``threads`` threads),
+      ``"openai"`` (the server at ``backend_url``; ``model_map`` maps marketplace ids to its model names,
+      ``api_key`` is its bearer token) or ``"simulated"`` (deterministic text, ``token_delay`` s per token;
+      for tests and benchmarks).
+    * ``prices``: model → price per token (smallest unit of ``payment_token``); ``default_price`` applies
+      to models without one.
+    * ``escrow``: must be ``False`` in this version (jobs without payment, see
+      :class:`fabstir.chain.UnescrowedLedger`); on-chain escrow arrives with the contracts.
+    * ``identity_path`` keeps the peer id across restarts; ``private_key`` is the payment wallet
+      (0x + 64 hex; a fresh one per run if absent).
+    """
+
+    listen_addrs: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
+    bootstrap: tuple[str, ...] = ()
+    backend: BackendKind = "builtin"
+    backend_url: str | None = None
+    api_key: str | None = None
+    model_map: Mapping[str, str] = field(default_factory=dict)
+    threads: int = 1
+    token_delay: float = 0.0
+    prices: Mapping[str, int] = field(default_factory=dict)
+    default_price: int = 1_000_000_000
+    payment_token: str = "ETH"
+    max_concurrent_jobs: int = 2
+    max_queue: int = 4
+    max_tokens: int = 2048
+    escrow: bool = True
+    chain_id: int | None = None
+    identity_path: Path | None = None
+    private_key: str | None = None
+    dial_timeout: float = 5.0
+    stream_timeout: float = 10.0
+    ping_interval: float = 2.0
+    ping_timeout: float = 2.0
+    record_ttl: float = 300.0
+    record_refresh: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("builtin", "openai", "simulated"):
+            raise ConfigurationError(f"backend must be builtin, openai or simulated, not {self.backend!r}")
+        if self.backend == "openai":
+            if not self.backend_url:
+                raise ConfigurationError("the openai backend needs a backend URL (--backend-url)")
+            if not self.model_map:
+                raise ConfigurationError(
+                    "the openai backend needs at least one model (--model ID or --model ID=SERVER_NAME)"
+                )
+        for addr in self.bootstrap:
+            parse_peer_addr(addr)
+        if type(self.default_price) is not int or self.default_price <= 0:
+            raise ConfigurationError("the price per token must be a positive integer")
+        for model, price in self.prices.items():
+            if type(price) is not int or price <= 0:
+                raise ConfigurationError(f"the price of {model} must be a positive integer, got {price!r}")
+        if not (math.isfinite(self.token_delay) and self.token_delay >= 0):
+            raise ConfigurationError("token_delay must be a non-negative number of seconds")
+        if type(self.threads) is not int or self.threads < 1:
+            raise ConfigurationError("threads must be a positive integer")
+        object.__setattr__(self, "model_map", MappingProxyType(dict(self.model_map)))
+        object.__setattr__(self, "prices", MappingProxyType(dict(self.prices)))
+        object.__setattr__(self, "listen_addrs", tuple(self.listen_addrs))
+        object.__setattr__(self, "bootstrap", tuple(self.bootstrap))
+
+    def models(self) -> tuple[str, ...]:
+        if self.backend == "builtin":
+            from ..backend._llamacpp import BUILTIN_MODEL_ID
+
+            return (BUILTIN_MODEL_ID,)
+        if self.model_map:
+            return tuple(self.model_map)
+        return ("simulated-model",)
+
+    def host_config(self) -> HostConfig:
+        models = self.models()
+        unknown = sorted(set(self.prices) - set(models))
+        if unknown:
+            raise ConfigurationError(f"a price is given for model(s) not served: {', '.join(unknown)}")
+        return HostConfig(
+            models=models,
+            prices={m: {self.payment_token: self.prices.get(m, self.default_price)} for m in models},
+            max_concurrent_jobs=self.max_concurrent_jobs,
+            max_queue=self.max_queue,
+            max_tokens=self.max_tokens,
+            record_ttl=self.record_ttl,
+            record_refresh=self.record_refresh,
+        )
+
+
+class HostService:
+    """``async with HostService(options) as service:`` — a running host; ``service.node`` is its
+    :class:`HostNode`, :meth:`describe` what a devnet file or a status line shows about it."""
+
+    def __init__(self, options: HostServiceOptions) -> None:
+        if options.escrow:
+            raise ConfigurationError(
+                "on-chain escrow arrives with the contracts (not in this version); run the host without "
+                "payment explicitly (--no-escrow)",
+            )
+        self.options = options
+        self.config = options.host_config()
+        self._identity = load_identity(options.identity_path)
+        self._account: LocalAccount = (
+            Account.from_key(options.private_key) if options.private_key else Account.create()
+        )
+        self._transport: Any = None
+        self._backend: Backend | None = None
+        self._ledger: PaymentLedger = (
+            UnescrowedLedger(chain_id=options.chain_id) if options.chain_id else UnescrowedLedger()
+        )
+        self.node: HostNode | None = None
+
+    @property
+    def peer_id(self) -> str:
+        return self._identity.peer_id
+
+    def _build_backend(self) -> Backend:
+        options = self.options
+        if options.backend == "builtin":
+            from ..backend._llamacpp import LlamaCppBackend
+
+            return LlamaCppBackend(n_threads=options.threads, n_parallel=max(1, options.max_concurrent_jobs))
+        if options.backend == "openai":
+            from ..backend._openai import OpenAIBackend
+
+            assert options.backend_url is not None
+            return OpenAIBackend(options.backend_url, api_key=options.api_key, model_map=options.model_map)
+        return SimulatedBackend(models=self.config.models, token_delay=options.token_delay)
+
+    async def start(self) -> None:
+        """Starts the backend first (a host must not announce what it cannot serve), then libp2p, then
+        the node. Anything started is closed again if a later step fails."""
+        from ..transport._libp2p import Libp2pTransport
+
+        options = self.options
+        try:
+            self._backend = backend = self._build_backend()
+            start = getattr(backend, "start", None)
+            if start is not None:
+                await start()
+            self._transport = transport = Libp2pTransport(
+                self._identity,
+                listen_addrs=options.listen_addrs,
+                bootstrap=[parse_peer_addr(a) for a in options.bootstrap],
+                dht_mode="server",
+                dial_timeout=options.dial_timeout,
+                stream_timeout=options.stream_timeout,
+                ping_interval=options.ping_interval,
+                ping_timeout=options.ping_timeout,
+            )
+            await transport.start()
+            self.node = HostNode(
+                self.config,
+                transport=transport,
+                ledger=self._ledger,
+                backend=backend,
+                account=self._account,
+            )
+            await self.node.start()
+        except BaseException:
+            await self.aclose()
+            raise
+        _log.info("host %s serving %s on %s", self.peer_id, ", ".join(self.config.models), self.addrs())
+
+    async def aclose(self) -> None:
+        """Stops the node (jobs in flight end and are settled), then libp2p, then the backend."""
+        node, self.node = self.node, None
+        if node is not None:
+            await node.aclose()
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.aclose()
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            await backend.aclose()
+
+    async def __aenter__(self) -> HostService:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def addrs(self) -> list[str]:
+        """The full multiaddrs (with ``/p2p/<peer id>``) others dial this host at."""
+        if self._transport is None:
+            return []
+        suffix = f"/p2p/{self.peer_id}"
+        return [a if a.endswith(suffix) else a + suffix for a in self._transport.listen_addrs]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "peer_id": self.peer_id,
+            "addrs": self.addrs(),
+            "models": list(self.config.models),
+            "prices": {m: dict(p) for m, p in self.config.prices.items()},
+            "payment_address": self._account.address,
+            "backend": self.options.backend,
+            "escrow": self.options.escrow,
+            "pid": os.getpid(),
+        }
+
+
+def write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
+    """Writes ``data`` so that a reader sees the old file or the whole new one, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
