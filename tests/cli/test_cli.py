@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import pytest
 from click.testing import CliRunner
@@ -20,7 +21,9 @@ from fabstir.cli import cli, exit_code_for
 
 
 @pytest.fixture
-def runner() -> CliRunner:
+def runner(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> CliRunner:
+    # an empty devnet directory: these tests must not find a devnet someone left running on this machine
+    monkeypatch.setenv("FABSTIR_DEVNET_DIR", str(tmp_path / "devnet"))
     return CliRunner()
 
 
@@ -81,12 +84,13 @@ def test_models_and_nodes(runner: CliRunner) -> None:
 
 
 def test_errors_are_one_line_with_a_meaningful_exit_code(runner: CliRunner) -> None:
-    """Without --mock there is no network yet: one 'error:' line on stderr and exit code 3 (configuration)."""
+    """Without --mock and with no devnet running: one 'error:' line saying how to start one, exit code 3."""
     result = runner.invoke(cli, ["run", "hello"])
     assert result.exit_code == 3
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1
     assert lines[0].startswith("error:")
+    assert "fabstir devnet up" in lines[0]
     assert "Traceback" not in result.output
 
 

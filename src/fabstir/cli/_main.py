@@ -7,12 +7,15 @@ negotiation failure · 5 transport or host failure · 6 payment · 7 timeout · 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -118,13 +121,23 @@ def _seed_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--seed", type=int, default=0, show_default=True, help="Mock-mode seed.")(fn)
 
 
-def _sdk_config(mock: bool, seed: int, *, pacing: bool = False) -> SDKConfig:
-    if not mock:
-        raise ConfigurationError(
-            "no devnet or production network is configured in this version; run with --mock "
-            "(e.g. 'fabstir demo --mock')"
-        )
-    return SDKConfig(mode="mock", mock=MockConfig(seed=seed, realistic_pacing=pacing))
+def _open_sdk(mock: bool, seed: int, *, pacing: bool = False, devnet_dir: Path | None = None) -> FabstirSDK:
+    """Mock mode when asked, else production mode on the running devnet (its file says where)."""
+    if mock:
+        return FabstirSDK(SDKConfig(mode="mock", mock=MockConfig(seed=seed, realistic_pacing=pacing)))
+    return FabstirSDK.from_devnet(devnet_dir)
+
+
+def _default_model(mock: bool, model: str | None, devnet_dir: Path | None = None) -> str:
+    """The model asked for; by default the mock catalogue's first model, or the devnet's first host's."""
+    if model is not None:
+        return model
+    if mock:
+        return DEFAULT_MODEL
+    from ..devnet import read_devnet_file
+
+    hosts = read_devnet_file(devnet_dir).hosts
+    return hosts[0].models[0] if hosts and hosts[0].models else DEFAULT_MODEL
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -133,8 +146,8 @@ def _sdk_config(mock: bool, seed: int, *, pacing: bool = False) -> SDKConfig:
 @_seed_option
 @_run
 async def models(state: _State, mock: bool, seed: int) -> None:
-    """List the models offered by live hosts."""
-    async with FabstirSDK(_sdk_config(mock, seed)) as sdk:
+    """List the models offered by live hosts (on the running devnet, or --mock)."""
+    async with _open_sdk(mock, seed) as sdk:
         found = await sdk.get_models()
     if state.json:
         click.echo(json.dumps([{"id": m.id, "name": m.name} for m in found]))
@@ -152,8 +165,8 @@ async def models(state: _State, mock: bool, seed: int) -> None:
 @click.option("--model", default=None, help="Only hosts serving this model.")
 @_run
 async def nodes(state: _State, mock: bool, seed: int, model: str | None) -> None:
-    """List live hosts with their prices, latency and reliability."""
-    async with FabstirSDK(_sdk_config(mock, seed)) as sdk:
+    """List live hosts with their prices, latency and reliability (on the running devnet, or --mock)."""
+    async with _open_sdk(mock, seed) as sdk:
         found = await sdk.discover_nodes(model=model)
     if state.json:
         click.echo(
@@ -193,17 +206,18 @@ async def nodes(state: _State, mock: bool, seed: int, model: str | None) -> None
 @click.argument("prompt")
 @_mock_option
 @_seed_option
-@click.option("--model", default=DEFAULT_MODEL, show_default=True)
+@click.option("--model", default=None, help="Default: the devnet's model (the mock catalogue's first).")
 @click.option("--max-tokens", type=int, default=128, show_default=True)
 @click.option("--temperature", type=float, default=0.0, show_default=True)
 @_run
 async def run(
-    state: _State, prompt: str, mock: bool, seed: int, model: str, max_tokens: int, temperature: float
+    state: _State, prompt: str, mock: bool, seed: int, model: str | None, max_tokens: int, temperature: float
 ) -> None:
-    """Run PROMPT on the marketplace and stream the answer to the terminal."""
-    async with FabstirSDK(_sdk_config(mock, seed)) as sdk:
+    """Run PROMPT on the marketplace (the running devnet, or --mock) and stream the answer."""
+    chosen = _default_model(mock, model)
+    async with _open_sdk(mock, seed) as sdk:
         handle = await sdk.submit_job(
-            prompt=prompt, model=model, max_tokens=max_tokens, temperature=temperature, stream=True
+            prompt=prompt, model=chosen, max_tokens=max_tokens, temperature=temperature, stream=True
         )
         assert handle.stream is not None
         async with handle.stream as stream:
@@ -247,15 +261,23 @@ async def run(
 @_mock_option
 @_seed_option
 @click.option("--prompt", default="Explain in two sentences why peer-to-peer inference matters.")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True)
+@click.option("--model", default=None, help="Default: the built-in model (the mock catalogue's first).")
 @click.option("--max-tokens", type=int, default=64, show_default=True)
 @click.option("--fast", is_flag=True, help="No simulated pacing (mock mode).")
+@click.option("--hosts", type=int, default=2, show_default=True, help="Hosts of the throwaway devnet.")
 @_run
 async def demo(
-    state: _State, mock: bool, seed: int, prompt: str, model: str, max_tokens: int, fast: bool
+    state: _State,
+    mock: bool,
+    seed: int,
+    prompt: str,
+    model: str | None,
+    max_tokens: int,
+    fast: bool,
+    hosts: int,
 ) -> None:
-    """Run one whole job through the marketplace and show its timeline, cost and metrics."""
-    config = _sdk_config(mock, seed, pacing=not fast)
+    """Run one whole job through a throwaway devnet (real libp2p, real model; or --mock) and show its
+    timeline, cost and metrics."""
     timeline: list[dict[str, Any]] = []
     started = time.monotonic()
 
@@ -291,9 +313,37 @@ async def demo(
                 note(f"job failed: {d['error']}")
 
     if not state.json:
-        state.out.rule(f"fabstir demo · {'mock' if mock else 'devnet'} mode · seed {seed}")
+        state.out.rule(f"fabstir demo · {'mock mode · seed ' + str(seed) if mock else 'devnet'}")
         state.out.print(f"[bold]prompt:[/] {prompt}")
-    async with FabstirSDK(config) as sdk:
+    async with contextlib.AsyncExitStack() as stack:
+        devnet_dir: Path | None = None
+        if not mock:
+            from ..devnet import Devnet, DevnetOptions
+
+            devnet_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fabstir-devnet-")))
+            note(f"starting a throwaway devnet: a bootstrap peer and {hosts} hosts (built-in model)")
+            info = await stack.enter_async_context(Devnet(devnet_dir, DevnetOptions(hosts=hosts)))
+            note(f"devnet up: {len(info.hosts)} hosts", hosts=[h.peer_id for h in info.hosts])
+        chosen = _default_model(mock, model, devnet_dir)
+        await _demo_job(
+            state, mock, seed, fast, devnet_dir, prompt, chosen, max_tokens, note, on_event, timeline
+        )
+
+
+async def _demo_job(
+    state: _State,
+    mock: bool,
+    seed: int,
+    fast: bool,
+    devnet_dir: Path | None,
+    prompt: str,
+    model: str,
+    max_tokens: int,
+    note: Callable[..., None],
+    on_event: Callable[[Event], None],
+    timeline: list[dict[str, Any]],
+) -> None:
+    async with _open_sdk(mock, seed, pacing=not fast, devnet_dir=devnet_dir) as sdk:
         sdk.on("*", on_event)
         handle = await sdk.submit_job(prompt=prompt, model=model, max_tokens=max_tokens, stream=True)
         assert handle.stream is not None
@@ -309,11 +359,14 @@ async def demo(
         await sdk.approve_job_payment(handle.job_id)
         cost = await sdk.calculate_actual_cost(handle.job_id)
         payment = await sdk.get_payment_details(handle.job_id)
+        escrowed = sdk.config.mode == "mock" or sdk.config.chain.escrow
     if state.json:
         click.echo(
             json.dumps(
                 {
                     "job_id": handle.job_id,
+                    "mode": "mock" if mock else "devnet",
+                    "escrow": escrowed,
                     "timeline": timeline,
                     "text": summary.text,
                     "finish_reason": summary.finish_reason.value,
@@ -337,11 +390,12 @@ async def demo(
             )
         )
         return
-    costs = Table("cost", "gwei", title="cost breakdown")
+    title = "cost breakdown" if escrowed else "cost breakdown (no escrow: receipted, not paid)"
+    costs = Table("cost", "gwei", title=title)
     costs.add_row("tokens × price", f"{cost.tokens} × {cost.price_per_token / 1e9:g}")
     costs.add_row("host", f"{cost.host / 1e9:g}")
     costs.add_row(f"treasury ({cost.fee_basis_points / 100:g} %)", f"{cost.treasury / 1e9:g}")
-    costs.add_row("total paid", f"{cost.total / 1e9:g}")
+    costs.add_row("total paid" if escrowed else "total receipted", f"{cost.total / 1e9:g}")
     costs.add_row("refunded", f"{cost.refunded / 1e9:g}")
     stats = Table("metric", "value", title="stream metrics")
     stats.add_row("tokens", str(metrics.tokens_received))

@@ -1,0 +1,263 @@
+"""The long-running commands: ``fabstir host run``, ``fabstir bootstrap``, ``fabstir devnet up|down|status``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from .._exceptions import ConfigurationError
+from ..devnet import BootstrapPeer, Devnet, DevnetOptions, default_devnet_dir, devnet_status, stop_devnet
+from ..host import HostService, HostServiceOptions
+from ..host._service import write_json_atomically
+from ._main import _run, _State, cli
+
+__all__ = ["bootstrap", "devnet", "host"]
+
+
+async def _until_stopped() -> None:
+    """Returns on SIGTERM or SIGINT (the service then shuts down cleanly)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def _announce(state: _State, ready_file: Path | None, info: dict[str, Any], title: str) -> None:
+    if ready_file is not None:
+        write_json_atomically(ready_file, info)
+    if state.json:
+        click.echo(json.dumps(info), nl=True)
+        return
+    state.out.print(f"[bold green]{title}[/] {info['peer_id']}")
+    for addr in info["addrs"]:
+        state.out.print(f"  listening on {addr}")
+
+
+def _parse_models(models: tuple[str, ...]) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for item in models:
+        marketplace_id, _, server_name = item.partition("=")
+        if not marketplace_id:
+            raise ConfigurationError(f"--model must be ID or ID=SERVER_NAME, got {item!r}")
+        mapping[marketplace_id] = server_name or marketplace_id
+    return mapping
+
+
+def _parse_prices(prices: tuple[str, ...]) -> tuple[int | None, dict[str, int]]:
+    default: int | None = None
+    per_model: dict[str, int] = {}
+    for item in prices:
+        model, sep, amount = item.rpartition("=")
+        try:
+            value = int(amount)
+        except ValueError:
+            raise ConfigurationError(f"--price must be AMOUNT or MODEL=AMOUNT, got {item!r}") from None
+        if sep:
+            per_model[model] = value
+        else:
+            default = value
+    return default, per_model
+
+
+# ---------------------------------------------------------------------------------------------- host
+@cli.group()
+def host() -> None:
+    """Run a host: serve a model to the marketplace."""
+
+
+@host.command("run")
+@click.option("--listen", multiple=True, default=["/ip4/127.0.0.1/tcp/0"], show_default=True)
+@click.option("--bootstrap", "bootstrap_nodes", multiple=True, help="Bootstrap peer multiaddr (repeat).")
+@click.option(
+    "--backend",
+    type=click.Choice(["builtin", "openai", "simulated"]),
+    default="builtin",
+    show_default=True,
+    help="builtin: SmolLM2 in an embedded llama.cpp server; openai: any OpenAI-compatible server.",
+)
+@click.option("--backend-url", default=None, help="OpenAI-compatible server (llama.cpp, vLLM, Ollama).")
+@click.option("--api-key", envvar="FABSTIR_BACKEND_API_KEY", default=None, help="Bearer token of the server.")
+@click.option("--model", "models", multiple=True, help="ID or ID=SERVER_NAME served (openai backend).")
+@click.option("--price", "prices", multiple=True, help="Price per token (wei): AMOUNT or MODEL=AMOUNT.")
+@click.option("--payment-token", default="ETH", show_default=True)
+@click.option("--max-concurrent-jobs", type=int, default=2, show_default=True)
+@click.option("--max-queue", type=int, default=4, show_default=True)
+@click.option("--max-tokens", type=int, default=2048, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True, help="llama.cpp threads (builtin).")
+@click.option("--token-delay", type=float, default=0.0, help="Seconds per token (simulated backend).")
+@click.option("--identity", type=click.Path(path_type=Path), default=None, help="Peer key file (kept).")
+@click.option("--private-key", envvar="FABSTIR_HOST_PRIVATE_KEY", default=None, help="Payment wallet key.")
+@click.option(
+    "--no-escrow",
+    is_flag=True,
+    help="Serve jobs without payment (required until the contracts land; receipts are still checked).",
+)
+@click.option("--ready-file", type=click.Path(path_type=Path), default=None, hidden=True)
+@_run
+async def host_run(
+    state: _State,
+    listen: tuple[str, ...],
+    bootstrap_nodes: tuple[str, ...],
+    backend: str,
+    backend_url: str | None,
+    api_key: str | None,
+    models: tuple[str, ...],
+    prices: tuple[str, ...],
+    payment_token: str,
+    max_concurrent_jobs: int,
+    max_queue: int,
+    max_tokens: int,
+    threads: int,
+    token_delay: float,
+    identity: Path | None,
+    private_key: str | None,
+    no_escrow: bool,
+    ready_file: Path | None,
+) -> None:
+    """Serve jobs until SIGTERM / Ctrl-C; jobs in flight end cleanly first."""
+    default_price, per_model = _parse_prices(prices)
+    options = HostServiceOptions(
+        listen_addrs=listen,
+        bootstrap=bootstrap_nodes,
+        backend=backend,  # type: ignore[arg-type]  # click.Choice checked it
+        backend_url=backend_url,
+        api_key=api_key,
+        model_map=_parse_models(models),
+        threads=threads,
+        token_delay=token_delay,
+        prices=per_model,
+        **({"default_price": default_price} if default_price is not None else {}),
+        payment_token=payment_token,
+        max_concurrent_jobs=max_concurrent_jobs,
+        max_queue=max_queue,
+        max_tokens=max_tokens,
+        escrow=not no_escrow,
+        identity_path=identity,
+        private_key=private_key,
+    )
+    async with HostService(options) as service:
+        _announce(state, ready_file, service.describe(), "host serving")
+        if not state.json:
+            for model, price in service.config.prices.items():
+                state.out.print(f"  {model}: {dict(price)} per token")
+        await _until_stopped()
+        if not state.json:
+            state.out.print("stopping: finishing jobs in flight…")
+
+
+# ---------------------------------------------------------------------------------------------- bootstrap
+@cli.command()
+@click.option("--listen", multiple=True, default=["/ip4/127.0.0.1/tcp/0"], show_default=True)
+@click.option("--bootstrap", "bootstrap_nodes", multiple=True, help="Other bootstrap peers (repeat).")
+@click.option("--identity", type=click.Path(path_type=Path), default=None, help="Peer key file (kept).")
+@click.option("--ready-file", type=click.Path(path_type=Path), default=None, hidden=True)
+@_run
+async def bootstrap(
+    state: _State,
+    listen: tuple[str, ...],
+    bootstrap_nodes: tuple[str, ...],
+    identity: Path | None,
+    ready_file: Path | None,
+) -> None:
+    """Run a bootstrap peer (a DHT server that hosts and clients start from) until SIGTERM / Ctrl-C."""
+    async with BootstrapPeer(listen_addrs=listen, identity_path=identity, bootstrap=bootstrap_nodes) as peer:
+        _announce(state, ready_file, peer.describe(), "bootstrap peer")
+        await _until_stopped()
+
+
+# ---------------------------------------------------------------------------------------------- devnet
+@cli.group()
+def devnet() -> None:
+    """A marketplace on this machine: a bootstrap peer and hosts running the built-in model."""
+
+
+def _dir_option(fn: Any) -> Any:
+    return click.option(
+        "--dir",
+        "directory",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Devnet directory (default: $FABSTIR_DEVNET_DIR or ~/.fabstir/devnet).",
+    )(fn)
+
+
+@devnet.command("up")
+@_dir_option
+@click.option("--hosts", type=int, default=3, show_default=True)
+@click.option("--backend", type=click.Choice(["builtin", "simulated"]), default="builtin", show_default=True)
+@click.option("--base-price", type=int, default=1_000_000_000, show_default=True, help="wei per token")
+@click.option("--threads", type=int, default=1, show_default=True)
+@_run
+async def devnet_up(
+    state: _State, directory: Path | None, hosts: int, backend: str, base_price: int, threads: int
+) -> None:
+    """Start a devnet and leave it running (stop it with 'fabstir devnet down')."""
+    started = time.monotonic()
+    options = DevnetOptions(hosts=hosts, backend=backend, base_price=base_price, threads=threads)
+    runner = Devnet(directory, options)
+    if not state.json:
+        with state.err.status(f"starting a bootstrap peer and {hosts} hosts ({backend} backend)…"):
+            info = await runner.up()
+    else:
+        info = await runner.up()
+    if state.json:
+        click.echo(json.dumps(info.as_json()))
+        return
+    state.out.print(f"[bold green]devnet up[/] in {time.monotonic() - started:.1f} s: {info.directory}")
+    _print_devnet(state, info, {p.name: True for p in info.processes})
+
+
+def _print_devnet(state: _State, info: Any, alive: dict[str, bool]) -> None:
+    table = Table("name", "pid", "state", "peer id", "models", "price (gwei/token)")
+    for p in info.processes:
+        prices = ", ".join(f"{price / 1e9:g}" for _, price in p.prices) or "-"
+        table.add_row(
+            p.name,
+            str(p.pid),
+            "[green]running[/]" if alive.get(p.name) else "[red]stopped[/]",
+            p.peer_id[:16] + "…",
+            ", ".join(p.models) or "-",
+            prices,
+        )
+    state.out.print(table)
+    state.out.print(f"bootstrap: {' '.join(info.bootstrap_nodes)}")
+    state.out.print("escrow: off (jobs run without payment until the contracts land)")
+
+
+@devnet.command("down")
+@_dir_option
+@_run
+async def devnet_down(state: _State, directory: Path | None) -> None:
+    """Stop the devnet (hosts finish their jobs first) and remove its file."""
+    info, killed = await stop_devnet(directory)
+    if state.json:
+        click.echo(json.dumps({"stopped": [p.name for p in info.processes], "killed": killed}))
+        return
+    state.out.print(f"[bold]devnet down[/]: {len(info.processes)} processes stopped in {info.directory}")
+    if killed:
+        state.out.print(f"[yellow]had to kill:[/] {', '.join(killed)}")
+
+
+@devnet.command("status")
+@_dir_option
+@_run
+async def devnet_status_command(state: _State, directory: Path | None) -> None:
+    """Show the devnet's processes and whether they run (exit 3 if there is no devnet)."""
+    info, alive = devnet_status(directory)
+    if state.json:
+        click.echo(json.dumps({**info.as_json(), "running": alive}))
+        return
+    state.out.print(f"devnet in {info.directory or default_devnet_dir()}")
+    _print_devnet(state, info, alive)
