@@ -1,4 +1,4 @@
-"""The long-running commands: ``fabstir host run``, ``fabstir bootstrap``, ``fabstir devnet up|down|status``."""
+"""The long-running commands: ``fabstir host run``, ``fabstir bootstrap``, ``fabstir devnet ...``."""
 
 from __future__ import annotations
 

@@ -51,6 +51,7 @@ from .._models import (
     Token,
 )
 from ..chain import PaymentLedger, SessionInfo
+from ..core._channel import FrameChannel
 from ..core._client_job import JobOutcome, JobRunner
 from ..core._discovery import DiscoveryFilter, NodeDiscovery
 from ..core._negotiation import OfferInHand, Rejection, decline, negotiate
@@ -59,7 +60,7 @@ from ..core._reliability import ReliabilityTracker
 from ..core._retry import backoff_delay, should_retry
 from ..core._selection import SelectionStrategy, rank_nodes
 from ..core._stream import ResponseStream, TokenBuffer
-from ..protocol import Request
+from ..protocol import PROTOCOL_ID, Request, Role
 from ..transport import PeerEvent, PeerEventKind, PeerInfo, Transport
 
 __all__ = ["FabstirSDK", "JobHandle"]
@@ -862,6 +863,8 @@ class FabstirSDK:
             first_token_timeout=self.config.timeouts.first_token,
             inter_token_timeout=self.config.timeouts.inter_token,
             on_tokens=lambda tokens: self._on_tokens(job, tokens),
+            reconnect=lambda: self._reopen(chosen.node),
+            agent=_AGENT,
         )
         job.runner = runner
         self._set_status(job, JobStatus.CLAIMED)
@@ -909,6 +912,12 @@ class FabstirSDK:
             self._events.emit(EventName.JOB_CANCELLED, job_id=job.job_id, node_id=job.host)
         self._watch_settlement(job)
         job.done.set()
+
+    async def _reopen(self, node: NodeInfo) -> FrameChannel:
+        """A new job stream to ``node`` (to resume a job whose stream broke)."""
+        peer = PeerInfo(node.peer_id, node.addresses)
+        stream = await self._require_transport().open_stream(peer, PROTOCOL_ID)
+        return FrameChannel(stream, Role.CLIENT)
 
     def _on_tokens(self, job: _Job, tokens: list[Token]) -> None:
         if job.status is JobStatus.CLAIMED:

@@ -12,7 +12,7 @@ import builtins
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from eth_account.signers.local import LocalAccount
@@ -29,22 +29,30 @@ from .._exceptions import (
 from .._models import FinishReason, StreamSummary, Token
 from ..chain import PaymentLedger, SessionInfo
 from ..protocol import (
+    SUPPORTED_VERSIONS,
     Cancel,
     Confirm,
     End,
     Error,
+    Hello,
     Receipt,
+    Resume,
     TokenBatch,
     end_signing_payload,
     sign_receipt,
     verify_peer_signature,
 )
+from ._channel import FrameChannel
 from ._negotiation import OfferInHand
 from ._stream import TokenBuffer
 
 __all__ = ["JobOutcome", "JobRunner"]
 
 _log = logging.getLogger("fabstir.jobs")
+
+#: First pause between attempts to reopen a broken stream (then doubling, at most _RESUME_MAX_DELAY).
+_RESUME_FIRST_DELAY = 0.05
+_RESUME_MAX_DELAY = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +65,13 @@ class JobOutcome:
 
 
 class JobRunner:
-    """Runs one job on one host. Callbacks report progress to the SDK (which turns them into events)."""
+    """Runs one job on one host. Callbacks report progress to the SDK (which turns them into events).
+
+    A stream that breaks without ``End`` or ``Error`` (a dropped connection, not a host that said it
+    failed) is reopened to the same host with ``reconnect`` and the job resumed from the next token it
+    owes us (``Resume``), at most ``max_resumes`` times per job, each within the inter-token timeout.
+    The host keeps a broken job for a while for exactly this; if it no longer has it, the job fails.
+    """
 
     def __init__(
         self,
@@ -72,6 +86,9 @@ class JobRunner:
         inter_token_timeout: float,
         final_timeout: float = 10.0,
         on_tokens: Callable[[list[Token]], None] | None = None,
+        reconnect: Callable[[], Awaitable[FrameChannel]] | None = None,
+        max_resumes: int = 3,
+        agent: str = "fabstir-llm-sdk",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.job_key = job_key
@@ -92,6 +109,12 @@ class JobRunner:
         self.received = 0  # tokens received from this host
         self.acknowledged = 0  # tokens covered by our latest receipt
         self._cancel_sent = False
+        self._reconnect = reconnect
+        self._max_resumes = max_resumes
+        self._agent = agent
+        self.resumes = 0  # how often the stream was reopened
+        self._broken: TransportError | None = None  # why the stream was last reopened, until data flows
+        self._next_seq = len(buffer.tokens)  # the index of the next token the host owes us
 
     @property
     def peer_id(self) -> str:
@@ -134,10 +157,20 @@ class JobRunner:
             timeout = self._first_timeout if self.received == 0 else self._inter_timeout
             if self._cancel_sent:
                 timeout = min(timeout, self._final_timeout)
-            async with asyncio.timeout(timeout):
-                frame = await self._channel.receive()
+            try:
+                async with asyncio.timeout(timeout):
+                    frame = await self._channel.receive()
+            except TransportError as exc:
+                if not await self._resume(exc):
+                    raise
+                continue
             match frame:
+                case Error(code=ErrorCode.JOB_NOT_FOUND.value) if self._broken is not None:
+                    # the host lost the job with the stream (it restarted, or dropped it): as if it crashed
+                    raise self._broken
                 case TokenBatch(seq=seq, tokens=texts):
+                    self._broken = None
+                    self._next_seq = seq + len(texts)
                     now = self._clock()
                     tokens = [Token(seq + i, text, now) for i, text in enumerate(texts)]
                     for text in texts:
@@ -149,6 +182,7 @@ class JobRunner:
                     if self.received - self.acknowledged >= max(1, self._credit // 2):
                         await self._send_receipt()
                 case End() as end:
+                    self._broken = None
                     return await self._finish(end)
                 case Error(code=code, message=message, retryable=retryable):
                     raise HostError(
@@ -160,6 +194,39 @@ class JobRunner:
                     )
                 case _:  # pragma: no cover - the state machine admits nothing else here
                     raise RemoteProtocolError(f"unexpected {frame.KIND} frame", node_id=self.peer_id)
+
+    async def _resume(self, cause: TransportError) -> bool:
+        """Reopens the stream to the same host and resumes the job; ``False`` if that is not possible
+        (no reconnect, cancelled, out of attempts, the host unreachable within the inter-token timeout)."""
+        if self._reconnect is None or self._cancel_sent or self.resumes >= self._max_resumes:
+            return False
+        self.resumes += 1
+        await self._channel.reset()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._inter_timeout
+        delay = _RESUME_FIRST_DELAY
+        _log.info("job %s: the stream to %s broke (%s); resuming", self.job_key, self.peer_id, cause)
+        while True:
+            channel: FrameChannel | None = None
+            try:
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    channel = await self._reconnect()
+                    resume = Resume(self.job_key, self._next_seq)
+                    await channel.send(Hello(SUPPORTED_VERSIONS, self._agent), resume)
+                    await channel.receive()  # the host's Hello (the state machine guarantees it comes first)
+                self._channel = channel
+                self._broken = cause
+                if self.received:  # our last receipt may have been lost with the old stream
+                    await self._send_receipt(force=True)
+                return True
+            except (FabstirError, builtins.TimeoutError) as exc:
+                if channel is not None:
+                    await channel.reset()
+                if isinstance(exc, RemoteProtocolError) or loop.time() + delay >= deadline:
+                    _log.info("job %s: could not resume on %s: %s", self.job_key, self.peer_id, exc)
+                    return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RESUME_MAX_DELAY)
 
     async def _finish(self, end: End) -> JobOutcome:
         if end.job_id != self.job_key:
@@ -194,8 +261,8 @@ class JobRunner:
             reason = FinishReason.CANCELLED
         return JobOutcome(reason, self.received, end.prompt_tokens, end.completion_tokens, mismatch)
 
-    async def _send_receipt(self, *, final: bool = False) -> None:
-        if self.received == self.acknowledged:
+    async def _send_receipt(self, *, final: bool = False, force: bool = False) -> None:
+        if self.received == self.acknowledged and not force:
             return
         amount = self.received * self._price
         signature = sign_receipt(
