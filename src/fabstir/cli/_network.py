@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import signal
 import time
@@ -104,6 +105,13 @@ def host() -> None:
     is_flag=True,
     help="Serve jobs without payment (required until the contracts land; receipts are still checked).",
 )
+@click.option(
+    "--status-interval",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds between status lines (load, jobs, tokens); 0 turns them off.",
+)
 @click.option("--ready-file", type=click.Path(path_type=Path), default=None, hidden=True)
 @_run
 async def host_run(
@@ -124,9 +132,12 @@ async def host_run(
     identity: Path | None,
     private_key: str | None,
     no_escrow: bool,
+    status_interval: float,
     ready_file: Path | None,
 ) -> None:
     """Serve jobs until SIGTERM / Ctrl-C; jobs in flight end cleanly first."""
+    if not status_interval >= 0:
+        raise ConfigurationError("--status-interval must be a non-negative number of seconds")
     default_price, per_model = _parse_prices(prices)
     options = HostServiceOptions(
         listen_addrs=listen,
@@ -152,9 +163,34 @@ async def host_run(
         if not state.json:
             for model, price in service.config.prices.items():
                 state.out.print(f"  {model}: {dict(price)} per token")
-        await _until_stopped()
+        reporter = (
+            asyncio.create_task(_report_status(state, service, status_interval)) if status_interval else None
+        )
+        try:
+            await _until_stopped()
+        finally:
+            if reporter is not None:
+                reporter.cancel()
         if not state.json:
             state.out.print("stopping: finishing jobs in flight…")
+
+
+async def _report_status(state: _State, service: HostService, interval: float) -> None:
+    """A status line every ``interval`` seconds: the node's health and counters (JSON with --json)."""
+    while True:
+        await asyncio.sleep(interval)
+        node = service.node
+        if node is None:
+            return
+        m = node.metrics()
+        if state.json:
+            click.echo(json.dumps({"status": dict(node.health()), "metrics": dataclasses.asdict(m)}))
+        else:
+            state.out.print(
+                f"[dim]{time.strftime('%H:%M:%S')}[/] load {m.active}/{service.config.max_concurrent_jobs} "
+                f"queued {m.queued} · jobs {m.jobs_completed} done, {m.jobs_failed} failed, "
+                f"{m.jobs_cancelled} cancelled · {m.tokens_served} tokens · {m.bad_clients} bad clients"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- bootstrap
