@@ -360,6 +360,11 @@ async def _demo_job(
         cost = await sdk.calculate_actual_cost(handle.job_id)
         payment = await sdk.get_payment_details(handle.job_id)
         escrowed = sdk.config.mode == "mock" or sdk.config.chain.escrow
+        if not escrowed:
+            note(
+                f"receipts signed for {payment.acknowledged_tokens} tokens "
+                f"({cost.total / 1e9:g} gwei; no escrow: nothing settles)"
+            )
     if state.json:
         click.echo(
             json.dumps(
