@@ -66,6 +66,7 @@ class _State:
         self.verbose = verbose
         self.out = Console(highlight=False)
         self.err = Console(stderr=True, highlight=False)
+        self.bootstrap: tuple[str, ...] = ()  # --bootstrap: a network other than the devnet
 
 
 def _run(coro_fn: Callable[..., Coroutine[Any, Any, _T]]) -> Callable[..., None]:
@@ -111,10 +112,29 @@ def cli(ctx: click.Context, json_output: bool, verbose: bool) -> None:
     )
 
 
+def _remember_bootstrap(ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]) -> None:
+    state = ctx.find_object(_State)
+    if state is not None:
+        state.bootstrap = value
+
+
 def _mock_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--mock`` (the in-process marketplace) and ``--bootstrap`` (another network than the devnet)."""
+    fn = click.option(
+        "--bootstrap",
+        multiple=True,
+        expose_value=False,
+        callback=_remember_bootstrap,
+        help="Bootstrap peer multiaddr of the network to use instead of the devnet (repeat; no escrow).",
+    )(fn)
     return click.option(
         "--mock", is_flag=True, help="Use the in-process simulated marketplace (no network, no chain)."
     )(fn)
+
+
+def _bootstrap() -> tuple[str, ...]:
+    state = click.get_current_context().find_object(_State)
+    return state.bootstrap if state is not None else ()
 
 
 def _seed_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -122,9 +142,13 @@ def _seed_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _open_sdk(mock: bool, seed: int, *, pacing: bool = False, devnet_dir: Path | None = None) -> FabstirSDK:
-    """Mock mode when asked, else production mode on the running devnet (its file says where)."""
+    """Mock mode when asked; production mode on the network of ``--bootstrap`` if given (without
+    escrow, as the whole of production until the contracts land), else on the running devnet."""
     if mock:
         return FabstirSDK(SDKConfig(mode="mock", mock=MockConfig(seed=seed, realistic_pacing=pacing)))
+    bootstrap = _bootstrap()
+    if bootstrap:
+        return FabstirSDK(mode="production", p2p={"bootstrap_nodes": bootstrap}, chain={"escrow": False})
     return FabstirSDK.from_devnet(devnet_dir)
 
 
@@ -134,6 +158,10 @@ def _default_model(mock: bool, model: str | None, devnet_dir: Path | None = None
         return model
     if mock:
         return DEFAULT_MODEL
+    if _bootstrap():
+        from ..backend import BUILTIN_MODEL_ID
+
+        return str(BUILTIN_MODEL_ID)
     from ..devnet import read_devnet_file
 
     hosts = read_devnet_file(devnet_dir).hosts
