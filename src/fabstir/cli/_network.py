@@ -105,6 +105,10 @@ def host() -> None:
     is_flag=True,
     help="Serve jobs without payment (required until the contracts land; receipts are still checked).",
 )
+@click.option("--ping-interval", type=float, default=10.0, show_default=True, help="Seconds between pings.")
+@click.option(
+    "--ping-timeout", type=float, default=5.0, show_default=True, help="A peer silent this long is dropped."
+)
 @click.option(
     "--status-interval",
     type=float,
@@ -132,6 +136,8 @@ async def host_run(
     identity: Path | None,
     private_key: str | None,
     no_escrow: bool,
+    ping_interval: float,
+    ping_timeout: float,
     status_interval: float,
     ready_file: Path | None,
 ) -> None:
@@ -157,6 +163,8 @@ async def host_run(
         escrow=not no_escrow,
         identity_path=identity,
         private_key=private_key,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
     )
     async with HostService(options) as service:
         _announce(state, ready_file, service.describe(), "host serving")

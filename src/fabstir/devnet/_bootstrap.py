@@ -40,7 +40,13 @@ class BootstrapPeer:
         from ..transport._libp2p import Libp2pTransport
 
         transport = Libp2pTransport(
-            self._identity, listen_addrs=self._listen, bootstrap=self._bootstrap, dht_mode="server"
+            self._identity,
+            listen_addrs=self._listen,
+            bootstrap=self._bootstrap,
+            dht_mode="server",
+            # every peer of the network connects here: a slow ping pace keeps the CPU cost per peer low
+            ping_interval=10.0,
+            ping_timeout=5.0,
         )
         await transport.start()
         self._transport = transport

@@ -106,8 +106,11 @@ class HostServiceOptions:
     private_key: str | None = None
     dial_timeout: float = 5.0
     stream_timeout: float = 10.0
-    ping_interval: float = 2.0
-    ping_timeout: float = 2.0
+    # A host pings each connection every ping_interval: its peers are mostly clients, whose death it
+    # also notices from a write or a receipt timeout, so it can afford a slower pace than the clients
+    # (2 s); each ping costs CPU, times the number of peers.
+    ping_interval: float = 10.0
+    ping_timeout: float = 5.0
     record_ttl: float = 300.0
     record_refresh: float = 60.0
 
@@ -130,6 +133,10 @@ class HostServiceOptions:
                 raise ConfigurationError(f"the price of {model} must be a positive integer, got {price!r}")
         if not (math.isfinite(self.token_delay) and self.token_delay >= 0):
             raise ConfigurationError("token_delay must be a non-negative number of seconds")
+        for name in ("dial_timeout", "stream_timeout", "ping_interval", "ping_timeout"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
         if type(self.threads) is not int or self.threads < 1:
             raise ConfigurationError("threads must be a positive integer")
         object.__setattr__(self, "model_map", MappingProxyType(dict(self.model_map)))
