@@ -568,6 +568,34 @@ async def test_list_models_errors(status: int, body: bytes, message: str) -> Non
             await backend.list_models()
 
 
+async def test_check_asks_the_server_even_with_a_map(caplog: pytest.LogCaptureFixture) -> None:
+    """check() lists the server's models although model_map is given: a reachable server passes, and a
+    mapped name the server does not list is logged (not refused: servers list aliases differently)."""
+    models = {"object": "list", "data": [{"id": "served", "object": "model"}]}
+    handler = status_of(200, json.dumps(models).encode())
+    async with FakeServer(handler) as server:
+        backend = OpenAIBackend(server.url, model_map={"a": "served", "b": "missing"})
+        async with backend:
+            await backend.check()
+    assert [(e.method, e.path) for e in server.exchanges] == [("GET", "/v1/models")]
+    assert "'missing'" in caplog.text
+    assert "'served'" not in caplog.text.split("lists:")[0]
+
+
+async def test_check_fails_for_an_unreachable_server_or_a_refused_key() -> None:
+    """check() raises BackendError when nothing listens, and when the server refuses the API key."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with OpenAIBackend(f"http://127.0.0.1:{port}", model_map={"a": "a"}) as backend:
+        with pytest.raises(BackendError, match="cannot connect"):
+            await backend.check()
+    refuse = status_of(401, b'{"error": {"message": "Invalid API Key"}}')
+    async with FakeServer(refuse) as server, OpenAIBackend(server.url, model_map={"a": "a"}) as backend:
+        with pytest.raises(BackendError, match="HTTP 401"):
+            await backend.check()
+
+
 async def test_max_tokens_zero_sends_nothing() -> None:
     """max_tokens=0 ends at once with "length" (servers disagree on what 0 means)."""
     async with FakeServer(HAPPY) as server, OpenAIBackend(server.url) as backend:

@@ -412,6 +412,21 @@ class OpenAIBackend:
         """The marketplace model ids served: the keys of ``model_map``, or the ids the server lists."""
         if self._model_map is not None:
             return tuple(self._model_map)
+        return await self.server_models()
+
+    async def check(self) -> None:
+        """Asks the server for its models: raises :class:`BackendError` if it cannot be reached or refuses
+        the API key, so a host finds out before it announces itself. A mapped model name the server does
+        not list is only logged (servers differ in what they list: aliases, paths, tags)."""
+        listed = await self.server_models()
+        for model, name in (self._model_map or {}).items():
+            if name not in listed:
+                _log.warning(
+                    "the backend does not list %r (for %s); it lists: %s", name, model, ", ".join(listed)
+                )
+
+    async def server_models(self) -> tuple[str, ...]:
+        """The model names the server lists at ``/v1/models``."""
         self._check_open()
         url = f"{self._root}/v1/models"
         timeout: Any = self._timeout if self._timeout is not None else httpx.USE_CLIENT_DEFAULT

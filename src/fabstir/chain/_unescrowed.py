@@ -14,6 +14,7 @@ cannot look such a session up on any chain, so it builds the session's terms fro
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ UNESCROWED_CONTRACT = "0x" + "00" * 20
 PROMISE_TTL = 3600.0
 
 _NONCE_BYTES = 12
+_SESSION_ID = re.compile(r"0x[0-9a-fA-F]{64}")
 
 
 def _session_id(client: str) -> str:
@@ -49,13 +51,10 @@ def _session_id(client: str) -> str:
 
 def client_of_session(session_id: str) -> str:
     """The client address inside an unescrowed session id; :class:`ValidationError` if it is not one."""
-    raw = session_id[2:] if isinstance(session_id, str) and session_id.startswith("0x") else ""
-    try:
-        bytes.fromhex(raw)
-    except ValueError:
-        raw = ""
-    if len(raw) != 64:
+    # A regex, not bytes.fromhex: fromhex skips whitespace, which would let "0x…99 99 " through.
+    if not isinstance(session_id, str) or not _SESSION_ID.fullmatch(session_id):
         raise ValidationError(f"not a session id: {session_id!r}")
+    raw = session_id[2:]
     return to_checksum_address("0x" + raw[2 * _NONCE_BYTES :])
 
 

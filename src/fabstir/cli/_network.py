@@ -78,8 +78,17 @@ def host() -> None:
     """Run a host: serve a model to the marketplace."""
 
 
+def _announce_option(fn: Any) -> Any:
+    return click.option(
+        "--announce",
+        multiple=True,
+        help="Address peers should dial (repeat), e.g. /ip4/203.0.113.7/tcp/4001 when listening on 0.0.0.0.",
+    )(fn)
+
+
 @host.command("run")
 @click.option("--listen", multiple=True, default=["/ip4/127.0.0.1/tcp/0"], show_default=True)
+@_announce_option
 @click.option("--bootstrap", "bootstrap_nodes", multiple=True, help="Bootstrap peer multiaddr (repeat).")
 @click.option(
     "--backend",
@@ -121,6 +130,7 @@ def host() -> None:
 async def host_run(
     state: _State,
     listen: tuple[str, ...],
+    announce: tuple[str, ...],
     bootstrap_nodes: tuple[str, ...],
     backend: str,
     backend_url: str | None,
@@ -147,6 +157,7 @@ async def host_run(
     default_price, per_model = _parse_prices(prices)
     options = HostServiceOptions(
         listen_addrs=listen,
+        announce_addrs=announce,
         bootstrap=bootstrap_nodes,
         backend=backend,  # type: ignore[arg-type]  # click.Choice checked it
         backend_url=backend_url,
@@ -204,6 +215,7 @@ async def _report_status(state: _State, service: HostService, interval: float) -
 # ---------------------------------------------------------------------------------------------- bootstrap
 @cli.command()
 @click.option("--listen", multiple=True, default=["/ip4/127.0.0.1/tcp/0"], show_default=True)
+@_announce_option
 @click.option("--bootstrap", "bootstrap_nodes", multiple=True, help="Other bootstrap peers (repeat).")
 @click.option("--identity", type=click.Path(path_type=Path), default=None, help="Peer key file (kept).")
 @click.option("--ready-file", type=click.Path(path_type=Path), default=None, hidden=True)
@@ -211,12 +223,16 @@ async def _report_status(state: _State, service: HostService, interval: float) -
 async def bootstrap(
     state: _State,
     listen: tuple[str, ...],
+    announce: tuple[str, ...],
     bootstrap_nodes: tuple[str, ...],
     identity: Path | None,
     ready_file: Path | None,
 ) -> None:
     """Run a bootstrap peer (a DHT server that hosts and clients start from) until SIGTERM / Ctrl-C."""
-    async with BootstrapPeer(listen_addrs=listen, identity_path=identity, bootstrap=bootstrap_nodes) as peer:
+    peer_node = BootstrapPeer(
+        listen_addrs=listen, announce_addrs=announce, identity_path=identity, bootstrap=bootstrap_nodes
+    )
+    async with peer_node as peer:
         _announce(state, ready_file, peer.describe(), "bootstrap peer")
         await _until_stopped()
 

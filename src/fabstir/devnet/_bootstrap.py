@@ -24,11 +24,13 @@ class BootstrapPeer:
         self,
         *,
         listen_addrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
+        announce_addrs: Sequence[str] = (),
         identity_path: Path | None = None,
         bootstrap: Sequence[str] = (),
     ) -> None:
         self._identity = load_identity(identity_path)
         self._listen = tuple(listen_addrs)
+        self._announce = tuple(announce_addrs)
         self._bootstrap = [parse_peer_addr(a) for a in bootstrap]
         self._transport: Any = None
 
@@ -42,6 +44,7 @@ class BootstrapPeer:
         transport = Libp2pTransport(
             self._identity,
             listen_addrs=self._listen,
+            announce_addrs=self._announce,
             bootstrap=self._bootstrap,
             dht_mode="server",
             # every peer of the network connects here: a slow ping pace keeps the CPU cost per peer low

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ _log = logging.getLogger("fabstir.host")
 
 BackendKind = Literal["builtin", "openai", "simulated"]
 _SEED_BYTES = 32
+_PRIVATE_KEY = re.compile(r"0x[0-9a-fA-F]{64}")
 
 
 def parse_peer_addr(addr: str) -> PeerInfo:
@@ -82,15 +84,18 @@ class HostServiceOptions:
       to models without one.
     * ``escrow``: must be ``False`` in this version (jobs without payment, see
       :class:`fabstir.chain.UnescrowedLedger`); on-chain escrow arrives with the contracts.
+    * ``announce_addrs``: the addresses clients are told to dial, instead of ``listen_addrs`` (needed
+      when listening on ``0.0.0.0`` or behind a port forward).
     * ``identity_path`` keeps the peer id across restarts; ``private_key`` is the payment wallet
       (0x + 64 hex; a fresh one per run if absent).
     """
 
     listen_addrs: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
+    announce_addrs: tuple[str, ...] = ()
     bootstrap: tuple[str, ...] = ()
     backend: BackendKind = "builtin"
     backend_url: str | None = None
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # secrets stay out of logs and tracebacks
     model_map: Mapping[str, str] = field(default_factory=dict)
     threads: int = 1
     token_delay: float = 0.0
@@ -103,7 +108,7 @@ class HostServiceOptions:
     escrow: bool = True
     chain_id: int | None = None
     identity_path: Path | None = None
-    private_key: str | None = None
+    private_key: str | None = field(default=None, repr=False)
     dial_timeout: float = 5.0
     stream_timeout: float = 10.0
     # A host pings each connection every ping_interval: its peers are mostly clients, whose death it
@@ -139,9 +144,14 @@ class HostServiceOptions:
                 raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
         if type(self.threads) is not int or self.threads < 1:
             raise ConfigurationError("threads must be a positive integer")
+        key: Any = self.private_key
+        if key is not None and not (isinstance(key, str) and _PRIVATE_KEY.fullmatch(key)):
+            # never quote the key: the message ends up in logs
+            raise ConfigurationError("the payment wallet key must be 0x followed by 64 hex digits")
         object.__setattr__(self, "model_map", MappingProxyType(dict(self.model_map)))
         object.__setattr__(self, "prices", MappingProxyType(dict(self.prices)))
         object.__setattr__(self, "listen_addrs", tuple(self.listen_addrs))
+        object.__setattr__(self, "announce_addrs", tuple(self.announce_addrs))
         object.__setattr__(self, "bootstrap", tuple(self.bootstrap))
 
     def models(self) -> tuple[str, ...]:
@@ -220,9 +230,13 @@ class HostService:
             start = getattr(backend, "start", None)
             if start is not None:
                 await start()
+            check = getattr(backend, "check", None)
+            if check is not None:  # an OpenAI-compatible server: reachable, and takes our API key?
+                await check()
             self._transport = transport = Libp2pTransport(
                 self._identity,
                 listen_addrs=options.listen_addrs,
+                announce_addrs=options.announce_addrs,
                 bootstrap=[parse_peer_addr(a) for a in options.bootstrap],
                 dht_mode="server",
                 dial_timeout=options.dial_timeout,

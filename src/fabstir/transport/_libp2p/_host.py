@@ -80,8 +80,15 @@ def quiet_libp2p_logging() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def build_host(identity: PeerIdentity, listen_addrs: Sequence[str], settings: HostSettings) -> IHost:
-    """A host speaking noise + yamux only, one connection per peer, no auto-dialling, with health pings."""
+def build_host(
+    identity: PeerIdentity,
+    listen_addrs: Sequence[str],
+    settings: HostSettings,
+    announce_addrs: Sequence[str] = (),
+) -> IHost:
+    """A host speaking noise + yamux only, one connection per peer, no auto-dialling, with health pings.
+    ``announce_addrs``, if given, are what peers are told (DHT provider records, identify) instead of the
+    listen addresses — a host listening on 0.0.0.0 must announce an address others can dial."""
     key_pair = key_pair_from_identity(identity)
     negotiate = max(1, round(settings.stream_timeout))  # libp2p takes whole seconds here
     config = ConnectionConfig(
@@ -123,6 +130,7 @@ def build_host(identity: PeerIdentity, listen_addrs: Sequence[str], settings: Ho
         listen_addrs=[multiaddr.Multiaddr(addr) for addr in listen_addrs],
         connection_config=config,
         negotiate_timeout=negotiate,
+        announce_addrs=[multiaddr.Multiaddr(addr) for addr in announce_addrs] or None,
     )
     _disable_auto_connector(host)
     network = host.get_network()

@@ -67,6 +67,8 @@ class Libp2pTransport:
       which fails its streams — a frozen peer is noticed within about ``interval + timeout``, at most
       twice that (reads have no timeout of their own: an idle stream is legitimate, a dead one is
       caught by the pings or by the caller's deadline);
+    * ``announce_addrs`` replace the listen addresses in what peers are told (provider records,
+      identify, :attr:`listen_addrs`): a node listening on ``0.0.0.0`` announces its public address;
     * ``dht_mode="client"`` queries the DHT without serving it (SDK clients, peers behind NAT);
     * ``bootstrap`` peers are dialled and put in the routing table at start (failures are logged);
     * ``clock`` is the wall clock capability records are checked against.
@@ -80,6 +82,7 @@ class Libp2pTransport:
         identity: PeerIdentity,
         *,
         listen_addrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
+        announce_addrs: Sequence[str] = (),
         bootstrap: Sequence[PeerInfo] = (),
         dht_mode: Literal["server", "client"] = "server",
         dial_timeout: float = 5.0,
@@ -100,13 +103,15 @@ class Libp2pTransport:
             raise ConfigurationError(f"dht_mode must be 'server' or 'client', not {dht_mode!r}")
         if not listen_addrs:
             raise ConfigurationError("listen_addrs must name at least one address")
-        for addr in listen_addrs:
-            try:
-                multiaddr.Multiaddr(addr)
-            except Exception as exc:
-                raise ConfigurationError(f"invalid listen address {addr!r}: {exc}") from exc
+        for kind, addrs in (("listen", listen_addrs), ("announce", announce_addrs)):
+            for addr in addrs:
+                try:
+                    multiaddr.Multiaddr(addr)
+                except Exception as exc:
+                    raise ConfigurationError(f"invalid {kind} address {addr!r}: {exc}") from exc
         self._identity = identity
         self._listen = tuple(listen_addrs)
+        self._announce = tuple(announce_addrs)
         self._bootstrap = tuple(bootstrap)
         self._dht_mode = dht_mode
         self._settings = HostSettings(dial_timeout, stream_timeout, ping_interval, ping_timeout)
@@ -330,7 +335,7 @@ class Libp2pTransport:
     async def _trio_serve(self, task_status: TaskStatus[None]) -> None:
         quiet_libp2p_logging()
         self._stop = trio.Event()
-        host = build_host(self._identity, self._listen, self._settings)
+        host = build_host(self._identity, self._listen, self._settings, self._announce)
         self._host = host
         with trio.CancelScope() as self._serve_scope:
             async with host.run([multiaddr.Multiaddr(addr) for addr in self._listen]):
