@@ -777,7 +777,12 @@ class FabstirSDK:
                     exclude=exclude,
                 )
                 if not nodes:
-                    raise DiscoveryError(f"no live host serves model {req.model}", job_id=job.job_id)
+                    limit = (
+                        f" at or below {req.max_price_per_token} per token"
+                        if req.max_price_per_token is not None
+                        else ""
+                    )
+                    raise DiscoveryError(f"no live host serves model {req.model}{limit}", job_id=job.job_id)
                 offers, rejections = await self._negotiate(job, req, nodes[: self.config.negotiation_fanout])
                 job.rejections = rejections
                 if not offers:
