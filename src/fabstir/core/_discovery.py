@@ -7,6 +7,7 @@ candidate is re-validated (signature, expiry, key) and probed before it is offer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -14,7 +15,15 @@ from dataclasses import dataclass, replace
 
 from .._exceptions import FabstirError, RemoteProtocolError
 from .._models import NATIVE_TOKEN, NodeCapabilities, NodeInfo
-from ..protocol import CapabilityRecord, capability_key, model_key, service_key, validate_capability_record
+from ..protocol import (
+    MAX_RECORD_SIZE,
+    RECORD_PROTOCOL_ID,
+    CapabilityRecord,
+    capability_key,
+    model_key,
+    service_key,
+    validate_capability_record,
+)
 from ..transport import PeerInfo, Transport
 from ._reliability import ReliabilityTracker
 
@@ -48,6 +57,7 @@ class NodeDiscovery:
         max_nodes: int,
         liveness_check: bool = True,
         probe: LatencyProbe | None = None,
+        record_timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -57,6 +67,7 @@ class NodeDiscovery:
         self._max_nodes = max_nodes
         self._liveness_check = liveness_check
         self._probe = probe or transport.ping
+        self._record_timeout = record_timeout
         self._clock = clock
         self._monotonic = monotonic
         self._cache: dict[str | None, tuple[float, list[NodeInfo]]] = {}
@@ -118,7 +129,12 @@ class NodeDiscovery:
         return nodes[: self._max_nodes]
 
     async def _resolve(self, provider: PeerInfo) -> NodeInfo | None:
-        record = await self._fetch_record(provider.peer_id)
+        record = None
+        if self._liveness_check:
+            # we contact the host anyway: ask it for its record (one round trip, the freshest one)
+            record = await self._ask_host(provider)
+        if record is None:
+            record = await self._fetch_record(provider.peer_id)
         if record is None:
             return None
         peer = PeerInfo(provider.peer_id, record.addrs or provider.addrs)
@@ -130,6 +146,31 @@ class NodeDiscovery:
                 _log.info("host %s did not answer the liveness probe: %s", provider.peer_id, exc)
                 return None
         return node_from_record(record, latency_ms, self._reliability.reliability(record.peer_id))
+
+    async def _ask_host(self, provider: PeerInfo) -> CapabilityRecord | None:
+        """The record the host itself hands out (``RECORD_PROTOCOL_ID``), validated like a DHT value;
+        ``None`` if it does not answer in time, does not speak the protocol, or sends a bad record."""
+        key = capability_key(provider.peer_id)
+        stream = None
+        try:
+            async with asyncio.timeout(self._record_timeout):
+                stream = await self._transport.open_stream(provider, RECORD_PROTOCOL_ID)
+                value = b""
+                while chunk := await stream.read(MAX_RECORD_SIZE + 1 - len(value)):
+                    value += chunk
+                    if len(value) > MAX_RECORD_SIZE:
+                        raise RemoteProtocolError(f"record larger than {MAX_RECORD_SIZE} bytes")
+            return validate_capability_record(key, value, self._clock())
+        except (FabstirError, TimeoutError) as exc:
+            _log.debug("host %s did not hand out its record: %s", provider.peer_id, exc)
+            if stream is not None:
+                with contextlib.suppress(FabstirError):
+                    await stream.reset()
+            return None
+        finally:
+            if stream is not None:
+                with contextlib.suppress(FabstirError):
+                    await stream.close()
 
     async def _fetch_record(self, peer_id: str) -> CapabilityRecord | None:
         key = capability_key(peer_id)

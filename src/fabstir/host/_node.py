@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -33,6 +34,7 @@ from ..chain._unescrowed import PROMISE_TTL
 from ..core._channel import FrameChannel
 from ..protocol import (
     PROTOCOL_ID,
+    RECORD_PROTOCOL_ID,
     SUPPORTED_VERSIONS,
     Cancel,
     CapabilityRecord,
@@ -141,6 +143,7 @@ class HostNode:
         self._started = True
         self._started_at = self._clock()
         self._transport.set_stream_handler(PROTOCOL_ID, self._handle_stream)
+        self._transport.set_stream_handler(RECORD_PROTOCOL_ID, self._serve_record)
         await self._publisher.provide()
         await self._publisher.publish()
         self._spawn(self._publisher.run(), name="fabstir-host-publisher")
@@ -218,6 +221,20 @@ class HostNode:
                 "uptime": (self._clock() - self._started_at) if self._started_at is not None else 0.0,
             }
         )
+
+    async def _serve_record(self, stream: Stream) -> None:
+        """Answers a record request: the current signed capability record, then a clean close."""
+        value = self._publisher.encoded
+        try:
+            if value is None or self._closing:
+                await stream.reset()
+                return
+            async with asyncio.timeout(self.config.receipt_timeout):
+                await stream.write(value)
+                await stream.close()
+        except (TransportError, builtins.TimeoutError):
+            with contextlib.suppress(TransportError):
+                await stream.reset()
 
     async def wait_for_record(self, predicate: Callable[[CapabilityRecord], bool]) -> CapabilityRecord:
         """The first capability record published (possibly the current one) that satisfies ``predicate``."""

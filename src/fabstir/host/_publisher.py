@@ -51,6 +51,7 @@ class RecordPublisher:
         self._load_changed = asyncio.Event()
         self._published = asyncio.Condition()
         self.record: CapabilityRecord | None = None  # the latest record published
+        self.encoded: bytes | None = None  # the latest record signed, as bytes
 
     def load_changed(self) -> None:
         """Asks for a re-publication soon (debounced)."""
@@ -86,6 +87,7 @@ class RecordPublisher:
             expires=now + self._config.record_ttl,
         )
         value = encode_capability_record(record, self._transport.sign)
+        self.encoded = value  # what the host hands out directly (RECORD_PROTOCOL_ID), DHT or not
         try:
             async with asyncio.timeout(self._config.record_refresh):
                 await self._transport.put_value(capability_key(record.peer_id), value)

@@ -25,6 +25,8 @@ from ._frames import (
 from ._identity import PeerIdentity, public_key_from_peer_id, verify_peer_signature
 from ._receipts import receipt_typed_data, recover_receipt_signer, sign_receipt
 from ._records import (
+    MAX_RECORD_SIZE,
+    RECORD_PROTOCOL_ID,
     CapabilityRecord,
     capability_key,
     decode_capability_record,
@@ -41,8 +43,10 @@ __all__ = [
     "MAX_BATCH_TOKENS",
     "MAX_FIELD_CHARS",
     "MAX_FRAME_SIZE",
+    "MAX_RECORD_SIZE",
     "PROTOCOL_ID",
     "PROTOCOL_VERSION",
+    "RECORD_PROTOCOL_ID",
     "SUPPORTED_VERSIONS",
     "TRANSITIONS",
     "Cancel",

@@ -24,6 +24,7 @@ from ._identity import verify_peer_signature
 __all__ = [
     "CAPABILITY_NAMESPACE",
     "MAX_RECORD_SIZE",
+    "RECORD_PROTOCOL_ID",
     "CapabilityRecord",
     "capability_key",
     "decode_capability_record",
@@ -35,6 +36,10 @@ __all__ = [
 ]
 
 CAPABILITY_NAMESPACE = "fcap"
+#: A host answers a stream of this protocol with its current signed record (the bytes it puts in the
+#: DHT) and closes it: a client that is about to contact the host anyway gets the record in one round
+#: trip instead of a DHT walk, and the freshest one.
+RECORD_PROTOCOL_ID = "/fabstir/record/1.0.0"
 #: A record lists models and prices; 64 KiB holds hundreds of models and keeps DHT values small.
 MAX_RECORD_SIZE = 64 * 1024
 _SIGNING_PREFIX = b"fabstir/capability/v1\x00"
