@@ -100,3 +100,34 @@ async def test_cancelling_a_job_frees_the_host_slot(pool: ProcessPool, bootstrap
         assert details.status is JobStatus.COMPLETED
         assert details.host == host.peer_id
         assert details.tokens_generated == 2
+
+
+async def test_a_broken_stream_is_resumed_on_the_same_host(
+    pool: ProcessPool, bootstrap: MarketProcess
+) -> None:
+    """When the job's libp2p stream breaks mid-job without End or Error (here: reset under the client),
+    the SDK opens a new stream to the same host and resumes from the next token: the job completes,
+    every token index arrives exactly once, and every token is receipted."""
+    (host,) = await asyncio.to_thread(
+        pool.start_hosts,
+        [HostSpec(name="resumable", models=("resume-model",), prices={"": 3}, token_delay=0.02)],
+        bootstrap,
+    )
+    async with production_sdk(bootstrap) as sdk, asyncio.timeout(LIMIT):
+        handle = await sdk.submit_job(prompt="Hello", model="resume-model", max_tokens=60, stream=True)
+        assert handle.stream is not None
+        indices = []
+        async with handle.stream as stream:
+            async for token in stream:
+                indices.append(token.index)
+                if len(indices) == 10:
+                    runner = sdk._jobs[handle.job_id].runner
+                    assert runner is not None
+                    await runner._channel.stream.reset()  # the stream dies under the client
+        assert indices == list(range(60))
+        assert await sdk.get_job_status(handle) is JobStatus.COMPLETED
+        assert await sdk.get_job_host(handle) == host.peer_id
+        runner = sdk._jobs[handle.job_id].runner
+        assert runner is not None
+        assert runner.resumes == 1
+        assert (await sdk.get_payment_details(handle)).acknowledged_tokens == 60
