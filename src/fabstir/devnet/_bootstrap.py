@@ -11,7 +11,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ..host._service import load_identity, parse_peer_addr
+from ..host._service import dialable_addrs, load_identity, parse_peer_addr
 
 __all__ = ["BootstrapPeer"]
 
@@ -69,10 +69,7 @@ class BootstrapPeer:
         await self.aclose()
 
     def addrs(self) -> list[str]:
-        if self._transport is None:
-            return []
-        suffix = f"/p2p/{self.peer_id}"
-        return [a if a.endswith(suffix) else a + suffix for a in self._transport.listen_addrs]
+        return dialable_addrs(self._transport, self.peer_id)
 
     def connected_peers(self) -> int:
         return len(self._transport.connected_peers()) if self._transport is not None else 0

@@ -49,6 +49,14 @@ def parse_peer_addr(addr: str) -> PeerInfo:
     return PeerInfo(peer_id, (transport_part,))
 
 
+def dialable_addrs(transport: Any, peer_id: str) -> list[str]:
+    """A running node's announced addresses, each ending in ``/p2p/<peer id>`` (``[]`` if not running)."""
+    if transport is None:
+        return []
+    suffix = f"/p2p/{peer_id}"
+    return [a if a.endswith(suffix) else a + suffix for a in transport.listen_addrs]
+
+
 def load_identity(path: Path | None) -> PeerIdentity:
     """The node's libp2p identity: kept in ``path`` (hex seed, created with mode 0600 if missing) so the
     peer id survives restarts, or a fresh one each run when ``path`` is ``None``."""
@@ -281,10 +289,7 @@ class HostService:
 
     def addrs(self) -> list[str]:
         """The full multiaddrs (with ``/p2p/<peer id>``) others dial this host at."""
-        if self._transport is None:
-            return []
-        suffix = f"/p2p/{self.peer_id}"
-        return [a if a.endswith(suffix) else a + suffix for a in self._transport.listen_addrs]
+        return dialable_addrs(self._transport, self.peer_id)
 
     def describe(self) -> dict[str, Any]:
         return {
