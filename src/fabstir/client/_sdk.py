@@ -166,6 +166,10 @@ class FabstirSDK:
             "p2p": {"bootstrap_nodes": list(devnet.bootstrap_nodes)},
             "chain": {"escrow": devnet.escrow, "chain_id": devnet.chain_id},
         }
+        if devnet.escrow:  # the devnet's chain, its contracts and the test account kept for clients
+            options["chain"].update(
+                rpc_url=devnet.rpc_url, contracts=dict(devnet.contracts), private_key=devnet.client_key
+            )
         for key, value in overrides.items():
             if isinstance(value, Mapping) and isinstance(options.get(key), dict):
                 options[key] = {**options[key], **value}
@@ -213,12 +217,13 @@ class FabstirSDK:
 
     async def _connect_production(self) -> None:
         """Starts a libp2p node (DHT client) and dials the bootstrap peers; the ledger is chosen by
-        ``chain.escrow`` (only ``False`` is available until the contracts land)."""
+        ``chain.escrow``: the contracts at ``chain.rpc_url`` (paid with ``chain.private_key``), or jobs
+        without payment (``escrow=False``, explicitly)."""
         chain = self.config.chain
-        if chain.escrow:
+        if chain.escrow and (chain.rpc_url is None or chain.private_key is None):
             raise ConfigurationError(
-                "on-chain escrow arrives with the contracts (not in this version); to run production jobs "
-                "without payment, pass chain={'escrow': False}",
+                "payments need chain.rpc_url, chain.contracts (PaymentSessions, HostRegistry) and "
+                "chain.private_key; to run production jobs without payment, pass chain={'escrow': False}",
             )
         try:
             from ..transport._libp2p import Libp2pTransport
@@ -234,7 +239,12 @@ class FabstirSDK:
         p2p = self.config.p2p
         assert p2p is not None  # validated with the config
         assert p2p.bootstrap_nodes is not None
-        self._ledger = UnescrowedLedger(chain_id=chain.chain_id) if chain.chain_id else UnescrowedLedger()
+        if chain.escrow:
+            from ..chain._web3 import Web3Ledger
+
+            self._ledger = await Web3Ledger.from_config(chain)
+        else:
+            self._ledger = UnescrowedLedger(chain_id=chain.chain_id) if chain.chain_id else UnescrowedLedger()
         self._account = Account.from_key(chain.private_key) if chain.private_key else Account.create()
         transport = Libp2pTransport(
             PeerIdentity(),
@@ -316,6 +326,9 @@ class FabstirSDK:
             await asyncio.gather(*pending, return_exceptions=True)
         if self._peer_unsubscribe is not None:
             self._peer_unsubscribe()
+        closer = getattr(self._ledger, "aclose", None)
+        if self.config.mode == "production" and closer is not None:
+            await closer()  # the chain connection (a mock marketplace's ledger belongs to the marketplace)
         if self._transport is not None:
             await self._transport.aclose()
             if self.config.mode == "production":

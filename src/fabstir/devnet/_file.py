@@ -65,11 +65,17 @@ class DevnetProcess:
 
 @dataclass(frozen=True, slots=True)
 class DevnetFile:
+    """A devnet: its processes and, with escrow, its chain (JSON-RPC URL, contract addresses, and the
+    private key of a funded test account for clients — a well-known test key, never a real one)."""
+
     directory: Path
     created: float
     escrow: bool
     chain_id: int
     processes: tuple[DevnetProcess, ...]
+    rpc_url: str | None = None
+    contracts: tuple[tuple[str, str], ...] = ()
+    client_key: str | None = None
 
     @property
     def bootstrap_nodes(self) -> tuple[str, ...]:
@@ -85,6 +91,9 @@ class DevnetFile:
             "created": self.created,
             "escrow": self.escrow,
             "chain_id": self.chain_id,
+            "rpc_url": self.rpc_url,
+            "contracts": dict(self.contracts),
+            "client_key": self.client_key,
             "bootstrap_nodes": list(self.bootstrap_nodes),
             "processes": [p.as_json() for p in self.processes],
         }
@@ -151,9 +160,14 @@ def read_devnet_file(directory: Path | None = None) -> DevnetFile:
             escrow=bool(raw["escrow"]),
             chain_id=int(raw["chain_id"]),
             processes=tuple(_process(path, p) for p in processes),
+            rpc_url=None if raw.get("rpc_url") is None else str(raw["rpc_url"]),
+            contracts=tuple((str(k), str(v)) for k, v in dict(raw.get("contracts") or {}).items()),
+            client_key=None if raw.get("client_key") is None else str(raw["client_key"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise _bad(path, f"missing or mistyped {exc}") from exc
     if not devnet.bootstrap_nodes:
         raise _bad(path, "no bootstrap peer")
+    if devnet.escrow and not (devnet.rpc_url and devnet.contracts and devnet.client_key):
+        raise _bad(path, "escrow without a chain")
     return devnet
