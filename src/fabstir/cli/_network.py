@@ -56,6 +56,16 @@ def _parse_models(models: tuple[str, ...]) -> dict[str, str]:
     return mapping
 
 
+def _parse_contracts(items: tuple[str, ...]) -> dict[str, str]:
+    contracts: dict[str, str] = {}
+    for item in items:
+        name, sep, address = item.partition("=")
+        if not (sep and name and address):
+            raise ConfigurationError(f"--contract must be NAME=ADDRESS, got {item!r}")
+        contracts[name] = address
+    return contracts
+
+
 def _parse_prices(prices: tuple[str, ...]) -> tuple[int | None, dict[str, int]]:
     default: int | None = None
     per_model: dict[str, int] = {}
@@ -112,7 +122,18 @@ def _announce_option(fn: Any) -> Any:
 @click.option(
     "--no-escrow",
     is_flag=True,
-    help="Serve jobs without payment (required until the contracts land; receipts are still checked).",
+    help="Serve jobs without payment (receipts are still checked); otherwise --rpc-url and --contract.",
+)
+@click.option("--rpc-url", envvar="FABSTIR_RPC_URL", default=None, help="EVM JSON-RPC URL of the contracts.")
+@click.option(
+    "--contract",
+    "contracts",
+    multiple=True,
+    help="NAME=ADDRESS: PaymentSessions, HostRegistry, and payment tokens (e.g. USDC=0x...).",
+)
+@click.option("--chain-id", type=int, default=None, help="Refuse a node serving another chain.")
+@click.option(
+    "--register-stake", type=int, default=None, help="Register in the HostRegistry with this stake (wei)."
 )
 @click.option("--ping-interval", type=float, default=10.0, show_default=True, help="Seconds between pings.")
 @click.option(
@@ -146,6 +167,10 @@ async def host_run(
     identity: Path | None,
     private_key: str | None,
     no_escrow: bool,
+    rpc_url: str | None,
+    contracts: tuple[str, ...],
+    chain_id: int | None,
+    register_stake: int | None,
     ping_interval: float,
     ping_timeout: float,
     status_interval: float,
@@ -155,6 +180,7 @@ async def host_run(
     if not status_interval >= 0:
         raise ConfigurationError("--status-interval must be a non-negative number of seconds")
     default_price, per_model = _parse_prices(prices)
+    extra: dict[str, Any] = {"default_price": default_price} if default_price is not None else {}
     options = HostServiceOptions(
         listen_addrs=listen,
         announce_addrs=announce,
@@ -166,16 +192,20 @@ async def host_run(
         threads=threads,
         token_delay=token_delay,
         prices=per_model,
-        **({"default_price": default_price} if default_price is not None else {}),
         payment_token=payment_token,
         max_concurrent_jobs=max_concurrent_jobs,
         max_queue=max_queue,
         max_tokens=max_tokens,
         escrow=not no_escrow,
+        rpc_url=rpc_url,
+        contracts=_parse_contracts(contracts),
+        chain_id=chain_id,
+        register_stake=register_stake,
         identity_path=identity,
         private_key=private_key,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
+        **extra,
     )
     async with HostService(options) as service:
         _announce(state, ready_file, service.describe(), "host serving")
@@ -237,10 +267,41 @@ async def bootstrap(
         await _until_stopped()
 
 
+# ---------------------------------------------------------------------------------------------- chain
+@cli.group()
+def chain() -> None:
+    """A local chain for devnets and tests."""
+
+
+@chain.command("serve")
+@click.option("--port", type=int, default=0, show_default=True, help="Port on 127.0.0.1 (0: any free one).")
+@click.option("--ready-file", type=click.Path(path_type=Path), default=None, hidden=True)
+@_run
+async def chain_serve(state: _State, port: int, ready_file: Path | None) -> None:
+    """Serve the embedded EVM on 127.0.0.1 with the contracts deployed and test accounts funded (well-known
+    test keys: never send real money to them), until SIGTERM / Ctrl-C."""
+    from ..devnet._chain import start_devnet_chain
+
+    node, info = await start_devnet_chain(port=port)
+    try:
+        if ready_file is not None:
+            write_json_atomically(ready_file, info)
+        if state.json:
+            click.echo(json.dumps({k: v for k, v in info.items() if k != "keys"}))
+        else:
+            state.out.print(f"[bold green]chain {info['chain_id']}[/] serving on {info['rpc_url']}")
+            for name, address in info["contracts"].items():
+                state.out.print(f"  {name}: {address}")
+        await _until_stopped()
+    finally:
+        node.stop()
+
+
 # ---------------------------------------------------------------------------------------------- devnet
 @cli.group()
 def devnet() -> None:
-    """A marketplace on this machine: a bootstrap peer and hosts running the built-in model."""
+    """A marketplace on this machine: a chain with the contracts, a bootstrap peer, and hosts running the
+    built-in model."""
 
 
 def _dir_option(fn: Any) -> Any:
@@ -259,13 +320,22 @@ def _dir_option(fn: Any) -> Any:
 @click.option("--backend", type=click.Choice(["builtin", "simulated"]), default="builtin", show_default=True)
 @click.option("--base-price", type=int, default=1_000_000_000, show_default=True, help="wei per token")
 @click.option("--threads", type=int, default=1, show_default=True)
+@click.option("--no-escrow", is_flag=True, help="No chain: jobs run without payment.")
 @_run
 async def devnet_up(
-    state: _State, directory: Path | None, hosts: int, backend: str, base_price: int, threads: int
+    state: _State,
+    directory: Path | None,
+    hosts: int,
+    backend: str,
+    base_price: int,
+    threads: int,
+    no_escrow: bool,
 ) -> None:
     """Start a devnet and leave it running (stop it with 'fabstir devnet down')."""
     started = time.monotonic()
-    options = DevnetOptions(hosts=hosts, backend=backend, base_price=base_price, threads=threads)
+    options = DevnetOptions(
+        hosts=hosts, backend=backend, base_price=base_price, threads=threads, escrow=not no_escrow
+    )
     runner = Devnet(directory, options)
     if not state.json:
         with state.err.status(f"starting a bootstrap peer and {hosts} hosts ({backend} backend)…"):
@@ -293,7 +363,12 @@ def _print_devnet(state: _State, info: Any, alive: dict[str, bool]) -> None:
         )
     state.out.print(table)
     state.out.print(f"bootstrap: {' '.join(info.bootstrap_nodes)}")
-    state.out.print("escrow: off (jobs run without payment until the contracts land)")
+    if info.escrow:
+        state.out.print(f"chain {info.chain_id}: {info.rpc_url}")
+        for name, address in info.contracts:
+            state.out.print(f"  {name}: {address}")
+    else:
+        state.out.print("escrow: off (jobs run without payment)")
 
 
 @devnet.command("down")

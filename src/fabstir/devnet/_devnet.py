@@ -43,6 +43,8 @@ _log = logging.getLogger("fabstir.devnet")
 _STOP_GRACE = 10.0
 _LOG_TAIL = 15
 _POLL = 0.05
+#: The embedded chain funds 9 accounts besides the deployer: one for clients, the rest for hosts.
+_MAX_PAID_HOSTS = 8
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -58,6 +60,8 @@ class DevnetOptions:
     token_delay: float = 0.0
     max_concurrent_jobs: int = 2
     start_timeout: float = 120.0
+    escrow: bool = True
+    register_stake: int = 10**16  # 0.01 ETH per host in the HostRegistry
 
     def __post_init__(self) -> None:
         if type(self.hosts) is not int or not 1 <= self.hosts <= 64:
@@ -70,6 +74,11 @@ class DevnetOptions:
             raise ConfigurationError("the base price must be a positive integer")
         if not self.start_timeout > 0:
             raise ConfigurationError("start_timeout must be positive")
+        if self.escrow and self.hosts > _MAX_PAID_HOSTS:
+            raise ConfigurationError(
+                f"a devnet with payments has at most {_MAX_PAID_HOSTS} hosts (funded test accounts); "
+                "use fewer hosts or escrow=False"
+            )
 
 
 def _start_token(pid: int) -> float:
@@ -140,7 +149,9 @@ class Devnet:
     ) -> None:
         await self.down()
 
-    def _spawn(self, name: str, args: Sequence[str]) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    def _spawn(
+        self, name: str, args: Sequence[str], env: dict[str, str] | None = None
+    ) -> tuple[subprocess.Popen[bytes], Path, Path]:
         ready = self.directory / f"{name}.ready.json"
         log = self.directory / f"{name}.log"
         ready.unlink(missing_ok=True)
@@ -152,7 +163,7 @@ class Devnet:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # survives the terminal that ran 'devnet up'
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
         self._children.append((name, process))
         return process, ready, log
@@ -207,19 +218,34 @@ class Devnet:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.start_timeout
         options = self.options
+        chain_info: dict[str, Any] | None = None
         try:
+            entries: list[DevnetProcess] = []
+            if options.escrow:
+                node, node_ready, node_log = self._spawn("chain", ["chain", "serve"])
+                chain_info = await self._wait_ready("chain", node, node_ready, node_log, deadline)
+                entries.append(
+                    DevnetProcess(
+                        role="chain",
+                        name="chain",
+                        pid=node.pid,
+                        started=_start_token(node.pid),
+                        peer_id="",
+                        addrs=(str(chain_info["rpc_url"]),),
+                        log=str(node_log),
+                    )
+                )
             boot, boot_ready, boot_log = self._spawn(
                 "bootstrap", ["bootstrap", "--identity", str(self.directory / "bootstrap.key")]
             )
             boot_info = await self._wait_ready("bootstrap", boot, boot_ready, boot_log, deadline)
-            entries = [self._entry("bootstrap", "bootstrap", boot, boot_log, boot_info)]
+            entries.append(self._entry("bootstrap", "bootstrap", boot, boot_log, boot_info))
             waits = []
             for index in range(options.hosts):
                 name = f"host-{index + 1}"
                 args = [
                     "host",
                     "run",
-                    "--no-escrow",
                     "--backend",
                     options.backend,
                     "--price",
@@ -235,7 +261,17 @@ class Devnet:
                 ]
                 for addr in boot_info["addrs"]:
                     args += ["--bootstrap", addr]
-                process, ready, log = self._spawn(name, args)
+                env: dict[str, str] = {}
+                if chain_info is None:
+                    args.append("--no-escrow")
+                else:
+                    args += ["--rpc-url", str(chain_info["rpc_url"])]
+                    args += ["--register-stake", str(options.register_stake)]
+                    for contract, address in chain_info["contracts"].items():
+                        args += ["--contract", f"{contract}={address}"]
+                    # the wallet through the environment, not the command line (ps shows arguments)
+                    env["FABSTIR_HOST_PRIVATE_KEY"] = str(chain_info["keys"][1 + index])
+                process, ready, log = self._spawn(name, args, env)
                 waits.append((name, process, ready, log))
             infos = await asyncio.gather(*(self._wait_ready(*w, deadline) for w in waits))
             for (name, process, _, log), info in zip(waits, infos, strict=True):
@@ -246,9 +282,12 @@ class Devnet:
         self.file = DevnetFile(
             directory=self.directory,
             created=time.time(),
-            escrow=False,
-            chain_id=UNESCROWED_CHAIN_ID,
+            escrow=chain_info is not None,
+            chain_id=int(chain_info["chain_id"]) if chain_info else UNESCROWED_CHAIN_ID,
             processes=tuple(entries),
+            rpc_url=str(chain_info["rpc_url"]) if chain_info else None,
+            contracts=tuple(chain_info["contracts"].items()) if chain_info else (),
+            client_key=str(chain_info["keys"][0]) if chain_info else None,
         )
         write_devnet_file(self.file)
         return self.file
@@ -256,8 +295,16 @@ class Devnet:
     async def down(self) -> None:
         """Stops what this object started (if :meth:`up` ran here) and removes the devnet file."""
         if self.file is not None or self._children:
-            processes = [(name, p.pid, _start_token(p.pid)) for name, p in self._children]
-            await _stop(processes)
+            # hosts first (they settle their jobs on the chain as they stop), the chain last
+            order = {"chain": 2, "bootstrap": 1}
+            for rank in (0, 1, 2):
+                await _stop(
+                    [
+                        (name, p.pid, _start_token(p.pid))
+                        for name, p in self._children
+                        if order.get(name, 0) == rank
+                    ]
+                )
             for _, process in self._children:
                 with contextlib.suppress(Exception):
                     process.wait(timeout=1.0)  # reap: no zombies left behind
@@ -293,9 +340,9 @@ async def stop_devnet(directory: Path | None = None) -> tuple[DevnetFile, list[s
     """Stops the devnet described in ``directory`` (hosts first, then the bootstrap peer) and removes
     its file. Returns it and the names of processes that had to be killed."""
     devnet = read_devnet_file(directory)
-    hosts = [(p.name, p.pid, p.started) for p in devnet.hosts]
-    boot = [(p.name, p.pid, p.started) for p in devnet.processes if p.role == "bootstrap"]
-    killed = await _stop(hosts) + await _stop(boot)
+    killed: list[str] = []
+    for role in ("host", "bootstrap", "chain"):  # hosts settle on the chain as they stop: it goes last
+        killed += await _stop([(p.name, p.pid, p.started) for p in devnet.processes if p.role == role])
     (devnet.directory / DEVNET_FILE).unlink(missing_ok=True)
     return devnet, killed
 

@@ -36,8 +36,9 @@ def default_devnet_dir() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class DevnetProcess:
-    """One process of the devnet: its role (``bootstrap`` or ``host``), pid and start time (to tell it
-    from a later process that reuses the pid), addresses, and for hosts the models and prices."""
+    """One process of the devnet: its role (``chain``, ``bootstrap`` or ``host``), pid and start time
+    (to tell it from a later process that reuses the pid), addresses (the chain's: its RPC URL), and for
+    hosts the models and prices."""
 
     role: str
     name: str
@@ -130,7 +131,7 @@ def _process(path: Path, raw: Any) -> DevnetProcess:
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise _bad(path, f"a process entry lacks or mistypes {exc}") from exc
-    if result.role not in ("bootstrap", "host") or result.pid <= 0:
+    if result.role not in ("bootstrap", "host", "chain") or result.pid <= 0:
         raise _bad(path, f"unexpected process entry {result.name!r}")
     return result
 

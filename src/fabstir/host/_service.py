@@ -24,7 +24,7 @@ from eth_account.signers.local import LocalAccount
 
 from .._exceptions import ConfigurationError
 from ..backend import Backend, SimulatedBackend
-from ..chain import PaymentLedger, UnescrowedLedger
+from ..chain import HostRegistration, PaymentLedger, UnescrowedLedger
 from ..protocol import PeerIdentity
 from ..transport import PeerInfo
 from ._config import HostConfig
@@ -90,8 +90,11 @@ class HostServiceOptions:
       for tests and benchmarks).
     * ``prices``: model → price per token (smallest unit of ``payment_token``); ``default_price`` applies
       to models without one.
-    * ``escrow``: must be ``False`` in this version (jobs without payment, see
-      :class:`fabstir.chain.UnescrowedLedger`); on-chain escrow arrives with the contracts.
+    * ``escrow``: jobs are paid through the contracts at ``rpc_url`` (``contracts`` names
+      ``PaymentSessions`` and ``HostRegistry``; ``private_key`` is the wallet, required), which the host
+      checks before it generates and settles after each job; ``register_stake`` (wei) registers the host
+      in the HostRegistry at start if it is not registered. ``escrow=False`` serves without payment
+      (:class:`fabstir.chain.UnescrowedLedger`), explicitly.
     * ``announce_addrs``: the addresses clients are told to dial, instead of ``listen_addrs`` (needed
       when listening on ``0.0.0.0`` or behind a port forward).
     * ``identity_path`` keeps the peer id across restarts; ``private_key`` is the payment wallet
@@ -114,6 +117,9 @@ class HostServiceOptions:
     max_queue: int = 4
     max_tokens: int = 2048
     escrow: bool = True
+    rpc_url: str | None = None
+    contracts: Mapping[str, str] = field(default_factory=dict)
+    register_stake: int | None = None
     chain_id: int | None = None
     identity_path: Path | None = None
     private_key: str | None = field(default=None, repr=False)
@@ -158,6 +164,11 @@ class HostServiceOptions:
             raise ConfigurationError("the payment wallet key must be 0x followed by 64 hex digits")
         object.__setattr__(self, "model_map", MappingProxyType(dict(self.model_map)))
         object.__setattr__(self, "prices", MappingProxyType(dict(self.prices)))
+        object.__setattr__(self, "contracts", MappingProxyType(dict(self.contracts)))
+        if self.register_stake is not None and (
+            type(self.register_stake) is not int or self.register_stake < 0
+        ):
+            raise ConfigurationError("the registration stake must be a non-negative integer (wei)")
         object.__setattr__(self, "listen_addrs", tuple(self.listen_addrs))
         object.__setattr__(self, "announce_addrs", tuple(self.announce_addrs))
         object.__setattr__(self, "bootstrap", tuple(self.bootstrap))
@@ -193,10 +204,27 @@ class HostService:
 
     def __init__(self, options: HostServiceOptions) -> None:
         if options.escrow:
-            raise ConfigurationError(
-                "on-chain escrow arrives with the contracts (not in this version); run the host without "
-                "payment explicitly (--no-escrow)",
-            )
+            missing = [
+                what
+                for what, present in (
+                    ("a chain RPC URL (--rpc-url)", options.rpc_url),
+                    (
+                        "the PaymentSessions address (--contract PaymentSessions=0x...)",
+                        "PaymentSessions" in options.contracts,
+                    ),
+                    (
+                        "the HostRegistry address (--contract HostRegistry=0x...)",
+                        "HostRegistry" in options.contracts,
+                    ),
+                    ("the wallet key (--private-key or FABSTIR_HOST_PRIVATE_KEY)", options.private_key),
+                )
+                if not present
+            ]
+            if missing:
+                raise ConfigurationError(
+                    "a host paid through escrow needs " + ", ".join(missing) + "; or serve without payment "
+                    "explicitly (--no-escrow)"
+                )
         self.options = options
         self.config = options.host_config()
         self._identity = load_identity(options.identity_path)
@@ -205,9 +233,8 @@ class HostService:
         )
         self._transport: Any = None
         self._backend: Backend | None = None
-        self._ledger: PaymentLedger = (
-            UnescrowedLedger(chain_id=options.chain_id) if options.chain_id else UnescrowedLedger()
-        )
+        self._ledger: PaymentLedger | None = None
+        self.registration: HostRegistration | None = None
         self.node: HostNode | None = None
 
     @property
@@ -253,10 +280,11 @@ class HostService:
                 ping_timeout=options.ping_timeout,
             )
             await transport.start()
+            self._ledger = ledger = await self._open_ledger()
             self.node = HostNode(
                 self.config,
                 transport=transport,
-                ledger=self._ledger,
+                ledger=ledger,
                 backend=backend,
                 account=self._account,
             )
@@ -266,11 +294,49 @@ class HostService:
             raise
         _log.info("host %s serving %s on %s", self.peer_id, ", ".join(self.config.models), self.addrs())
 
+    async def _open_ledger(self) -> PaymentLedger:
+        """The contracts (escrow), registered with ``register_stake`` if asked and not yet registered;
+        or the ledger of jobs without payment."""
+        options = self.options
+        if not options.escrow:
+            return UnescrowedLedger(chain_id=options.chain_id) if options.chain_id else UnescrowedLedger()
+        from .._config import ChainConfig
+        from ..chain._web3 import Web3Ledger
+
+        ledger = await Web3Ledger.from_config(
+            ChainConfig(
+                rpc_url=options.rpc_url,
+                chain_id=options.chain_id,
+                contracts=dict(options.contracts),
+                private_key=options.private_key,
+            )
+        )
+        try:
+            self.registration = await ledger.get_host(self._account.address)
+            if self.registration is None and options.register_stake is not None:
+                prices = tuple(self.config.prices[m].get("ETH", 0) for m in self.config.models)
+                self.registration = await ledger.register_host(
+                    self._account,
+                    peer_id=self.peer_id,
+                    models=self.config.models,
+                    stake=options.register_stake,
+                    prices=prices,
+                )
+        except BaseException:
+            await ledger.aclose()
+            raise
+        return ledger
+
     async def aclose(self) -> None:
-        """Stops the node (jobs in flight end and are settled), then libp2p, then the backend."""
+        """Stops the node (jobs in flight end and are settled), then the chain connection, libp2p and
+        the backend."""
         node, self.node = self.node, None
         if node is not None:
             await node.aclose()
+        ledger, self._ledger = self._ledger, None
+        closer = getattr(ledger, "aclose", None)
+        if closer is not None:
+            await closer()
         transport, self._transport = self._transport, None
         if transport is not None:
             await transport.aclose()

@@ -1,0 +1,98 @@
+"""Paid jobs end to end: a devnet with the contracts on the embedded chain, a host process serving the
+real built-in model, and the SDK paying through escrow — balances move exactly as the receipts say."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from fabstir import FabstirSDK, JobStatus, PaymentStatus
+from fabstir.backend import BUILTIN_MODEL_ID
+from fabstir.chain._web3 import Web3Ledger
+from fabstir.devnet import Devnet, DevnetOptions
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+LIMIT = 120.0
+PRICE = 1_000_000_000  # the devnet's first host: 1 gwei per token
+
+
+async def test_a_paid_job_on_the_real_model_moves_balances_exactly_as_receipted(tmp_path: Path) -> None:
+    """The client escrows max_tokens × price, receives tokens from the real model and signs receipts;
+    the host settles: it gains tokens × price minus the 1 % fee (minus its gas), the treasury gains the
+    fee, and the client gets back the rest of its deposit (it pays only for tokens received, plus its
+    gas). The host is registered in the HostRegistry under its peer id."""
+    options = DevnetOptions(hosts=1, backend="builtin", start_timeout=90.0)
+    async with asyncio.timeout(LIMIT), Devnet(tmp_path, options) as devnet:
+        (host,) = devnet.hosts
+        sdk = FabstirSDK.from_devnet(tmp_path, timeouts={"first_token": 60.0, "inter_token": 30.0})
+        assert devnet.rpc_url is not None
+        contracts = dict(devnet.contracts)
+        ledger = await Web3Ledger.connect(
+            devnet.rpc_url,
+            payment_sessions=contracts["PaymentSessions"],
+            host_registry=contracts["HostRegistry"],
+        )
+        try:
+            async with sdk:
+                client = sdk.get_address()
+                assert client is not None
+                host_address = (await sdk.discover_nodes(model=BUILTIN_MODEL_ID))[
+                    0
+                ].capabilities.payment_address
+                registration = await ledger.get_host(host_address)
+                assert registration is not None  # the devnet's hosts register with a stake
+                assert registration.peer_id == host.peer_id
+                first_block = await ledger._tx.w3.eth.block_number + 1
+                before = {
+                    "client": await ledger.balance_of(client),
+                    "host": await ledger.balance_of(host_address),
+                    "treasury": await ledger.balance_of(ledger.treasury),
+                }
+                handle = await sdk.submit_job(
+                    prompt="Name three colours.", model=BUILTIN_MODEL_ID, max_tokens=32, seed=1, stream=True
+                )
+                assert handle.stream is not None
+                async with handle.stream as stream:
+                    tokens = [t async for t in stream]
+                assert await sdk.get_job_status(handle) is JobStatus.COMPLETED
+                details = await sdk.approve_job_payment(handle)
+                cost = await sdk.calculate_actual_cost(handle)
+            client_gas_cost = await _gas_cost(ledger, client, first_block)
+            host_gas_cost = await _gas_cost(ledger, host_address, first_block)
+            after = {
+                "client": await ledger.balance_of(client),
+                "host": await ledger.balance_of(host_address),
+                "treasury": await ledger.balance_of(ledger.treasury),
+            }
+        finally:
+            await ledger.aclose()
+    paid = len(tokens) * PRICE
+    fee = paid * ledger.fee_basis_points // 10_000
+    assert details.status is PaymentStatus.RELEASED
+    assert details.acknowledged_tokens == len(tokens)
+    assert details.settled_amount == paid
+    assert (cost.total, cost.host, cost.treasury) == (paid, paid - fee, fee)
+    assert after["treasury"] - before["treasury"] == fee
+    assert after["client"] - before["client"] == -paid - client_gas_cost
+    # the host's share, minus the gas it paid to settle (at devnet prices a 32-token job does not cover
+    # the gas of its own settlement: why sessions carry several jobs)
+    assert after["host"] - before["host"] == paid - fee - host_gas_cost
+
+
+async def _gas_cost(ledger: Web3Ledger, address: str, first_block: int) -> int:
+    """What ``address`` spent on gas from ``first_block`` on, read from the chain: the sum over its
+    transactions of gas used × effective gas price."""
+    w3 = ledger._tx.w3
+    total = 0
+    latest = await w3.eth.block_number
+    for number in range(first_block, latest + 1):
+        block = await w3.eth.get_block(number, full_transactions=True)
+        for tx in block["transactions"]:
+            if isinstance(tx, bytes) or str(tx["from"]).lower() != address.lower():
+                continue
+            receipt = await w3.eth.get_transaction_receipt(tx["hash"])
+            total += int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"])
+    return total
