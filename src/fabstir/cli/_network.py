@@ -224,6 +224,79 @@ async def host_run(
             state.out.print("stopping: finishing jobs in flight…")
 
 
+@host.command("register")
+@click.option("--rpc-url", envvar="FABSTIR_RPC_URL", required=True, help="EVM JSON-RPC URL of the contracts.")
+@click.option(
+    "--contract", "contracts", multiple=True, help="NAME=ADDRESS: PaymentSessions and HostRegistry."
+)
+@click.option("--private-key", envvar="FABSTIR_HOST_PRIVATE_KEY", default=None, help="The host's wallet key.")
+@click.option("--identity", type=click.Path(path_type=Path), required=True, help="The host's peer key file.")
+@click.option("--model", "models", multiple=True, required=True, help="A model id served (repeat).")
+@click.option("--price", "prices", multiple=True, help="Price per token (wei): AMOUNT or MODEL=AMOUNT.")
+@click.option(
+    "--stake", type=int, default=0, show_default=True, help="Stake in wei (the registry's minimum)."
+)
+@_run
+async def host_register(
+    state: _State,
+    rpc_url: str,
+    contracts: tuple[str, ...],
+    private_key: str | None,
+    identity: Path,
+    models: tuple[str, ...],
+    prices: tuple[str, ...],
+    stake: int,
+) -> None:
+    """Register the host (its wallet, peer id, models and prices) in the HostRegistry with a stake, or
+    update the registration if there is one."""
+    from .._config import ChainConfig
+    from ..chain._web3 import Web3Ledger
+    from ..host._service import load_identity
+
+    if private_key is None:
+        raise ConfigurationError(
+            "the host's wallet key is needed (--private-key or FABSTIR_HOST_PRIVATE_KEY)"
+        )
+    default_price, per_model = _parse_prices(prices)
+    unknown = sorted(set(per_model) - set(models))
+    if unknown:
+        raise ConfigurationError(f"a price is given for model(s) not registered: {', '.join(unknown)}")
+    price_list = tuple(per_model.get(m, default_price or 0) for m in models)
+    chain_config = ChainConfig(
+        rpc_url=rpc_url, contracts=_parse_contracts(contracts), private_key=private_key
+    )
+    from eth_account import Account
+
+    account = Account.from_key(private_key)
+    peer_id = load_identity(identity).peer_id
+    async with await Web3Ledger.from_config(chain_config) as ledger:
+        current = await ledger.get_host(account.address)
+        if current is not None and current.active:
+            registration = await ledger.update_host(
+                account, peer_id=peer_id, models=models, prices=price_list
+            )
+            action = "updated"
+        else:
+            registration = await ledger.register_host(
+                account, peer_id=peer_id, models=models, stake=stake, prices=price_list
+            )
+            action = "registered"
+    result = {
+        "action": action,
+        "address": registration.address,
+        "peer_id": registration.peer_id,
+        "models": list(registration.models),
+        "stake": registration.stake,
+    }
+    if state.json:
+        click.echo(json.dumps(result))
+    else:
+        state.out.print(
+            f"[bold green]{action}[/] {registration.address} as {registration.peer_id} "
+            f"({', '.join(registration.models)}; stake {registration.stake} wei)"
+        )
+
+
 async def _report_status(state: _State, service: HostService, interval: float) -> None:
     """A status line every ``interval`` seconds: the node's health and counters (JSON with --json)."""
     while True:
