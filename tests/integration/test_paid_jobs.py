@@ -60,6 +60,7 @@ async def test_a_paid_job_on_the_real_model_moves_balances_exactly_as_receipted(
                 assert await sdk.get_job_status(handle) is JobStatus.COMPLETED
                 details = await sdk.approve_job_payment(handle)
                 cost = await sdk.calculate_actual_cost(handle)
+                sdk_gas = sdk.get_gas_spent()
             client_gas_cost = await _gas_cost(ledger, client, first_block)
             host_gas_cost = await _gas_cost(ledger, host_address, first_block)
             after = {
@@ -77,6 +78,7 @@ async def test_a_paid_job_on_the_real_model_moves_balances_exactly_as_receipted(
     assert (cost.total, cost.host, cost.treasury) == (paid, paid - fee, fee)
     assert after["treasury"] - before["treasury"] == fee
     assert after["client"] - before["client"] == -paid - client_gas_cost
+    assert sdk_gas == client_gas_cost  # what the SDK reports spending on gas is what the chain charged
     # the host's share, minus the gas it paid to settle (at devnet prices a 32-token job does not cover
     # the gas of its own settlement: why sessions carry several jobs)
     assert after["host"] - before["host"] == paid - fee - host_gas_cost

@@ -349,7 +349,10 @@ async def demo(
             from ..devnet import Devnet, DevnetOptions
 
             devnet_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fabstir-devnet-")))
-            note(f"starting a throwaway devnet: a bootstrap peer and {hosts} hosts (built-in model)")
+            note(
+                f"starting a throwaway devnet: a chain with the contracts, a bootstrap peer and {hosts} "
+                "hosts (built-in model)"
+            )
             info = await stack.enter_async_context(Devnet(devnet_dir, DevnetOptions(hosts=hosts)))
             note(f"devnet up: {len(info.hosts)} hosts", hosts=[h.peer_id for h in info.hosts])
         chosen = _default_model(mock, model, devnet_dir)
@@ -388,6 +391,9 @@ async def _demo_job(
         cost = await sdk.calculate_actual_cost(handle.job_id)
         payment = await sdk.get_payment_details(handle.job_id)
         escrowed = sdk.config.mode == "mock" or sdk.config.chain.escrow
+        gas = sdk.get_gas_spent()
+        if gas is not None:
+            note(f"client gas: {gas / 1e9:g} gwei (opening the session)", gas_wei=gas)
         if not escrowed:
             note(
                 f"receipts signed for {payment.acknowledged_tokens} tokens "

@@ -384,6 +384,14 @@ class FabstirSDK:
     def get_address(self) -> str | None:
         return self._account.address if self._account is not None else None
 
+    def get_gas_spent(self) -> int | None:
+        """Wei this SDK's account spent on gas through this connection (opening sessions, reclaims), or
+        ``None`` where there is no chain (mock mode, jobs without escrow)."""
+        spent = getattr(self._ledger, "gas_spent", None)
+        if spent is None or self._account is None:
+            return None
+        return int(spent(self._account.address))
+
     def get_chain_id(self) -> int | None:
         return self._ledger.chain_id if self._ledger is not None else None
 
