@@ -14,7 +14,8 @@ from eth_account import Account
 
 from fabstir import ConfigurationError
 from fabstir.host import HostService, HostServiceOptions
-from fabstir.host._service import load_identity, parse_peer_addr
+from fabstir.host._service import load_identity
+from fabstir.transport import parse_peer_addr
 
 PEER = "12D3KooWEXAMPLEpeerIdOfABootstrapNode"
 KEY = "0x" + "c1" * 32

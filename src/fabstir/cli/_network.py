@@ -15,8 +15,8 @@ from rich.table import Table
 
 from .._exceptions import ConfigurationError
 from ..devnet import BootstrapPeer, Devnet, DevnetOptions, default_devnet_dir, devnet_status, stop_devnet
+from ..devnet._file import write_json_atomically
 from ..host import HostService, HostServiceOptions
-from ..host._service import write_json_atomically
 from ._main import _run, _State, cli
 
 __all__ = ["bootstrap", "devnet", "host"]

@@ -61,7 +61,7 @@ from ..core._retry import backoff_delay, should_retry
 from ..core._selection import SelectionStrategy, rank_nodes
 from ..core._stream import ResponseStream, TokenBuffer
 from ..protocol import PROTOCOL_ID, Request, Role
-from ..transport import PeerEvent, PeerEventKind, PeerInfo, Transport
+from ..transport import PeerEvent, PeerEventKind, PeerInfo, Transport, parse_peer_addr
 
 __all__ = ["FabstirSDK", "JobHandle"]
 
@@ -259,7 +259,7 @@ class FabstirSDK:
         self._transport = transport
         addrs = list(transport.listen_addrs)
         self._events.emit(EventName.P2P_STARTED, peer_id=transport.peer_id, addrs=addrs)
-        peers = [_bootstrap_peer(addr) for addr in p2p.bootstrap_nodes]
+        peers = [parse_peer_addr(addr) for addr in p2p.bootstrap_nodes]
         reached = await asyncio.gather(*(self._dial_bootstrap(transport, peer) for peer in peers))
         if not any(reached):
             _log.warning("no bootstrap peer answered: discovery will find nothing until one does")
@@ -1255,12 +1255,6 @@ class FabstirSDK:
         assert handle.stream is not None
         async with handle.stream as response:
             yield response
-
-
-def _bootstrap_peer(addr: str) -> PeerInfo:
-    """``/ip4/…/tcp/…/p2p/<id>`` → the peer and the address to dial it at (validated with the config)."""
-    transport_part, _, peer_id = addr.rpartition("/p2p/")
-    return PeerInfo(peer_id, (transport_part,) if transport_part else ())
 
 
 def validate_request(request: JobRequest) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ..host._service import dialable_addrs, load_identity, parse_peer_addr
+from ..host._service import load_identity
+from ..transport import dialable_addrs, parse_peer_addr
 
 __all__ = ["BootstrapPeer"]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ __all__ = [
     "default_devnet_dir",
     "read_devnet_file",
     "write_devnet_file",
+    "write_json_atomically",
 ]
 
 DEVNET_FILE = "devnet.json"
@@ -100,12 +102,18 @@ class DevnetFile:
         }
 
 
+def write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
+    """Writes ``data`` so that a reader sees the old file or the whole new one, never half of it (the
+    devnet file, and the ready files its processes write)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def write_devnet_file(devnet: DevnetFile) -> Path:
     path = devnet.directory / DEVNET_FILE
-    devnet.directory.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{DEVNET_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(devnet.as_json(), indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json_atomically(path, devnet.as_json())
     return path
 
 

@@ -7,7 +7,6 @@ benchmarks), a ledger and a wallet, and the node itself. It owns all of them and
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -26,35 +25,17 @@ from .._exceptions import ConfigurationError
 from ..backend import Backend, SimulatedBackend
 from ..chain import HostRegistration, PaymentLedger, UnescrowedLedger
 from ..protocol import PeerIdentity
-from ..transport import PeerInfo
+from ..transport import dialable_addrs, parse_peer_addr
 from ._config import HostConfig
 from ._node import HostNode
 
-__all__ = ["BackendKind", "HostService", "HostServiceOptions", "load_identity", "parse_peer_addr"]
+__all__ = ["BackendKind", "HostService", "HostServiceOptions", "load_identity"]
 
 _log = logging.getLogger("fabstir.host")
 
 BackendKind = Literal["builtin", "openai", "simulated"]
 _SEED_BYTES = 32
 _PRIVATE_KEY = re.compile(r"0x[0-9a-fA-F]{64}")
-
-
-def parse_peer_addr(addr: str) -> PeerInfo:
-    """``/ip4/…/tcp/…/p2p/<peer id>`` → :class:`PeerInfo`; :class:`ConfigurationError` otherwise."""
-    if not isinstance(addr, str) or "/p2p/" not in addr:
-        raise ConfigurationError(f"Invalid bootstrap node format: {addr}")
-    transport_part, _, peer_id = addr.rpartition("/p2p/")
-    if not peer_id or "/" in peer_id or not transport_part:
-        raise ConfigurationError(f"Invalid bootstrap node format: {addr}")
-    return PeerInfo(peer_id, (transport_part,))
-
-
-def dialable_addrs(transport: Any, peer_id: str) -> list[str]:
-    """A running node's announced addresses, each ending in ``/p2p/<peer id>`` (``[]`` if not running)."""
-    if transport is None:
-        return []
-    suffix = f"/p2p/{peer_id}"
-    return [a if a.endswith(suffix) else a + suffix for a in transport.listen_addrs]
 
 
 def load_identity(path: Path | None) -> PeerIdentity:
@@ -368,11 +349,3 @@ class HostService:
             "escrow": self.options.escrow,
             "pid": os.getpid(),
         }
-
-
-def write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
-    """Writes ``data`` so that a reader sees the old file or the whole new one, never half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)

@@ -7,6 +7,7 @@ needs. It is left out of ``__all__`` so that ``import *`` stays light.
 
 from typing import TYPE_CHECKING
 
+from ._addrs import dialable_addrs, parse_peer_addr
 from ._base import PeerEvent, PeerEventKind, PeerInfo, Stream, StreamHandler, Transport
 from ._memory import InMemoryNetwork, InMemoryStream, InMemoryTransport
 
@@ -24,6 +25,8 @@ __all__ = [
     "Stream",
     "StreamHandler",
     "Transport",
+    "dialable_addrs",
+    "parse_peer_addr",
 ]
 
 _LAZY = frozenset({"Libp2pStream", "Libp2pTransport"})
