@@ -310,6 +310,8 @@ INVALID_PARTS: list[tuple[str, dict[str, Any], str]] = [
     ("chain", {"confirmations": -1}, "chain.confirmations must be a non-negative integer"),
     ("chain", {"payment_token": ""}, "chain.payment_token must be a non-empty string"),
     ("chain", {"session_expiry": 0}, "chain.session_expiry must be a positive number"),
+    ("chain", {"jobs_per_session": 0}, "chain.jobs_per_session must be a positive integer"),
+    ("chain", {"jobs_per_session": 1001}, "chain.jobs_per_session must be at most 1000"),
     # recovery
     ("recovery", {"failover": "yes"}, "recovery.failover must be a boolean"),
     ("recovery", {"max_failovers": -1}, "recovery.max_failovers must be a non-negative integer"),

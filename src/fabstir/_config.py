@@ -176,8 +176,15 @@ class ChainConfig:
     digits and never appears in ``repr`` or in an error message.
 
     ``escrow=False`` runs production jobs **without payment** (nothing is deposited or paid; receipts
-    are still signed and checked, see :class:`fabstir.chain.UnescrowedLedger`). Production mode needs it
-    until the contracts land (issue 4); mock mode always escrows on its in-memory ledger.
+    are still signed and checked, see :class:`fabstir.chain.UnescrowedLedger`); mock mode always escrows
+    on its in-memory ledger.
+
+    ``jobs_per_session`` > 1 lets one payment session carry several jobs to the same host (at the same
+    price and token), one after another, so that opening and settling it is paid for once: a new session
+    deposits ``jobs_per_session`` times the first job's maximum cost, and later jobs to that host reuse
+    it while what is left covers them. The host settles after each job (or in one batch when the session
+    closes); it closes the session — refunding the rest — when the client says the job is the last one,
+    or when the session has been idle for a while. Sessions expire after ``session_expiry`` seconds.
     """
 
     rpc_url: str | None = None
@@ -188,6 +195,7 @@ class ChainConfig:
     payment_token: str = "ETH"
     session_expiry: float = 3600.0
     escrow: bool = True
+    jobs_per_session: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "contracts", _frozen(self.contracts))
@@ -203,7 +211,8 @@ class ChainConfig:
             f"ChainConfig(rpc_url={self.rpc_url!r}, chain_id={self.chain_id!r}, "
             f"contracts={dict(self.contracts)!r}, "
             f"private_key={key}, confirmations={self.confirmations!r}, payment_token={self.payment_token!r}, "
-            f"session_expiry={self.session_expiry!r}, escrow={self.escrow!r})"
+            f"session_expiry={self.session_expiry!r}, escrow={self.escrow!r}, "
+            f"jobs_per_session={self.jobs_per_session!r})"
         )
 
 

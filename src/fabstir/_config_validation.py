@@ -56,6 +56,8 @@ _PRIVATE_KEY = re.compile(r"0x[0-9a-fA-F]{64}")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _URL_SCHEMES = ("http://", "https://", "ws://", "wss://")
 _MAX_FEE_BASIS_POINTS = 10_000  # 100 %
+#: A session's deposit is jobs_per_session × one job's maximum cost: bounded so a typo cannot lock a fortune.
+MAX_JOBS_PER_SESSION = 1_000
 
 
 def _fail(message: str) -> NoReturn:
@@ -261,6 +263,9 @@ def validate_chain(config: ChainConfig) -> None:
     _non_empty_string("chain.payment_token", config.payment_token)
     _positive_number("chain.session_expiry", config.session_expiry)
     _boolean("chain.escrow", config.escrow)
+    _positive_int("chain.jobs_per_session", config.jobs_per_session)
+    if config.jobs_per_session > MAX_JOBS_PER_SESSION:
+        _fail(f"chain.jobs_per_session must be at most {MAX_JOBS_PER_SESSION}")
 
 
 def validate_recovery(config: RecoveryConfig) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -104,6 +105,13 @@ def window() -> int:
 
 @pytest.fixture
 async def env(window: int) -> AsyncIterator[Env]:
+    async with host_env(window) as environment:
+        yield environment
+
+
+@contextlib.asynccontextmanager
+async def host_env(window: int = 256 * 1024) -> AsyncIterator[Env]:
+    """A host transport and ledger on an in-memory network (the nodes started in it close at the end)."""
     network = InMemoryNetwork(window=window)
     ledger = InMemoryLedger(chain_id=31337, fee_basis_points=FEE_BPS)
     transport = network.create_transport(PeerIdentity(_seed("host-peer")))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,14 +88,68 @@ async def test_a_paid_job_on_the_real_model_moves_balances_exactly_as_receipted(
 async def _gas_cost(ledger: Web3Ledger, address: str, first_block: int) -> int:
     """What ``address`` spent on gas from ``first_block`` on, read from the chain: the sum over its
     transactions of gas used × effective gas price."""
+    return sum(
+        int(r["gasUsed"]) * int(r["effectiveGasPrice"]) for r in await _receipts(ledger, address, first_block)
+    )
+
+
+async def _receipts(ledger: Web3Ledger, address: str, first_block: int) -> list[Any]:
+    """The receipts of the transactions ``address`` sent from ``first_block`` on."""
     w3 = ledger._tx.w3
-    total = 0
+    receipts = []
     latest = await w3.eth.block_number
     for number in range(first_block, latest + 1):
         block = await w3.eth.get_block(number, full_transactions=True)
         for tx in block["transactions"]:
             if isinstance(tx, bytes) or str(tx["from"]).lower() != address.lower():
                 continue
-            receipt = await w3.eth.get_transaction_receipt(tx["hash"])
-            total += int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"])
-    return total
+            receipts.append(await w3.eth.get_transaction_receipt(tx["hash"]))
+    return receipts
+
+
+async def test_several_jobs_on_one_session_settle_per_job_on_chain(tmp_path: Path) -> None:
+    """With chain.jobs_per_session=3, three jobs to one host process share one on-chain session: one
+    deposit, the host settles after the first two jobs and closes the session after the last; the
+    session's settled total is exactly the tokens received × price, the client gets the rest back, and it
+    paid gas for one open only."""
+    options = DevnetOptions(hosts=1, backend="simulated", start_timeout=60.0)
+    async with asyncio.timeout(LIMIT), Devnet(tmp_path, options) as devnet:
+        assert devnet.rpc_url is not None
+        contracts = dict(devnet.contracts)
+        ledger = await Web3Ledger.connect(
+            devnet.rpc_url,
+            payment_sessions=contracts["PaymentSessions"],
+            host_registry=contracts["HostRegistry"],
+        )
+        sdk = FabstirSDK.from_devnet(tmp_path, chain={"jobs_per_session": 3})
+        try:
+            async with sdk:
+                client = sdk.get_address()
+                assert client is not None
+                first_block = await ledger._tx.w3.eth.block_number + 1
+                before = await ledger.balance_of(client)
+                model = (await sdk.discover_nodes())[0].capabilities.models[0]
+                received = []
+                sessions = set()
+                for prompt, max_tokens in (("one", 24), ("two", 24), ("three", 16)):
+                    handle = await sdk.submit_job(prompt=prompt, model=model, max_tokens=max_tokens)
+                    await sdk.wait_for_job_completion(handle)
+                    details = await sdk.approve_job_payment(handle)
+                    received.append(details.acknowledged_tokens)
+                    sessions.add(details.session_id)
+                    assert details.status is PaymentStatus.RELEASED
+                    assert details.settled_amount == details.acknowledged_tokens * PRICE
+                (session_id,) = sessions
+                session = await ledger.get_session(session_id or "")
+                client_gas_cost = await _gas_cost(ledger, client, first_block)
+                client_transactions = len(await _receipts(ledger, client, first_block))
+                after = await ledger.balance_of(client)
+        finally:
+            await ledger.aclose()
+    total = sum(received) * PRICE
+    assert session.closed
+    assert session.deposit == 3 * 24 * PRICE
+    assert session.settled == total
+    assert session.refunded == session.deposit - total
+    assert after - before == -total - client_gas_cost
+    assert client_transactions == 1  # one openSession for three jobs

@@ -91,6 +91,10 @@ class PaymentLedger(Protocol):
     @property
     def treasury(self) -> str: ...
 
+    async def timestamp(self) -> float:
+        """The ledger's clock (epoch seconds): what session expiry is judged by."""
+        ...
+
     async def balance_of(self, address: str, token: str = "ETH") -> int: ...
 
     async def open_session(

@@ -155,6 +155,10 @@ class InMemoryLedger:
     def treasury(self) -> str:
         return self._treasury
 
+    async def timestamp(self) -> float:
+        """The ledger's clock, which judges expiry."""
+        return self._clock()
+
     @property
     def tokens(self) -> Mapping[str, int]:
         """The tokens this ledger knows: symbol → decimals."""

@@ -115,6 +115,10 @@ class UnescrowedLedger:
     def treasury(self) -> str:
         return UNESCROWED_CONTRACT
 
+    async def timestamp(self) -> float:
+        """The promise clock (the host's and client's own)."""
+        return self._clock()
+
     async def balance_of(self, address: str, token: str = "ETH") -> int:
         return 0
 

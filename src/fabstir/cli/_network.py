@@ -135,6 +135,20 @@ def _announce_option(fn: Any) -> Any:
 @click.option(
     "--register-stake", type=int, default=None, help="Register in the HostRegistry with this stake (wei)."
 )
+@click.option(
+    "--settlement",
+    type=click.Choice(["per_job", "batched"]),
+    default="per_job",
+    show_default=True,
+    help="When a session carrying several jobs is settled: after each job, or once when it closes.",
+)
+@click.option(
+    "--session-idle-timeout",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Close a session kept open for more jobs after this many idle seconds (the rest is refunded).",
+)
 @click.option("--ping-interval", type=float, default=10.0, show_default=True, help="Seconds between pings.")
 @click.option(
     "--ping-timeout", type=float, default=5.0, show_default=True, help="A peer silent this long is dropped."
@@ -171,6 +185,8 @@ async def host_run(
     contracts: tuple[str, ...],
     chain_id: int | None,
     register_stake: int | None,
+    settlement: str,
+    session_idle_timeout: float,
     ping_interval: float,
     ping_timeout: float,
     status_interval: float,
@@ -205,6 +221,8 @@ async def host_run(
         private_key=private_key,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
+        settlement=settlement,
+        session_idle_timeout=session_idle_timeout,
         **extra,
     )
     async with HostService(options) as service:

@@ -62,6 +62,7 @@ from ..core._selection import SelectionStrategy, rank_nodes
 from ..core._stream import ResponseStream, TokenBuffer
 from ..protocol import PROTOCOL_ID, Request, Role
 from ..transport import PeerEvent, PeerEventKind, PeerInfo, Transport, parse_peer_addr
+from ._sessions import PooledSession, SessionPool
 
 __all__ = ["FabstirSDK", "JobHandle"]
 
@@ -95,6 +96,19 @@ class _Job:
     rejections: list[Rejection] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     settlement: asyncio.Task[None] | None = None
+    base_amount: int = 0  # the session's cumulative amount before this job (sessions carrying several jobs)
+    closes_session: bool = True  # the host closes the session after this job (its last, or only, job)
+    refund_reported: bool = False  # payment:refunded was emitted
+
+
+#: How long request_refund waits for a host to close the session of a failed or cancelled job.
+_REFUND_PATIENCE = 5.0
+
+
+def _fee(ledger: PaymentLedger, cumulative: int) -> int:
+    """The treasury's share of a session that settled ``cumulative`` (rounded down on the running total,
+    as the contract does)."""
+    return cumulative * ledger.fee_basis_points // 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +150,7 @@ class FabstirSDK:
         self._account: LocalAccount | None = None
         self._events = EventBus()
         self._reliability = ReliabilityTracker(time.time)
+        self._session_pool = SessionPool(self.config.chain.jobs_per_session)
         self._discovery: NodeDiscovery | None = None
         self._jobs: dict[int, _Job] = {}
         self._next_job_id = 1
@@ -855,19 +870,39 @@ class FabstirSDK:
             price_per_token=offer.price_per_token,
             estimated_time_ms=offer.estimated_time_ms,
         )
-        try:
-            session = await ledger.open_session(
-                account,
-                host=offer.payment_address,
+        cost = max_cost(job.request.max_tokens, offer.price_per_token)
+        pool = self._session_pool
+        pooled = (
+            pool.take(
+                peer_id=chosen.node.peer_id,
+                payment_address=offer.payment_address,
                 token=offer.payment_token,
-                deposit=max_cost(job.request.max_tokens, offer.price_per_token),
-                price_per_token=offer.price_per_token,
-                expiry=time.time() + self.config.chain.session_expiry,
+                price=offer.price_per_token,
+                cost=cost,
+                now=time.time(),
             )
-        except FabstirError:
-            await decline(chosen.channel, reason="payment failed")
-            raise
+            if ledger.escrowed
+            else None
+        )
+        reused = pooled is not None
+        if pooled is None:
+            try:
+                session = await ledger.open_session(
+                    account,
+                    host=offer.payment_address,
+                    token=offer.payment_token,
+                    deposit=pool.deposit_for(cost) if ledger.escrowed else cost,
+                    price_per_token=offer.price_per_token,
+                    expiry=time.time() + self.config.chain.session_expiry,
+                )
+            except FabstirError:
+                await decline(chosen.channel, reason="payment failed")
+                raise
+            pooled = pool.add(session, chosen.node.peer_id)
+        session = pooled.info
         job.session = session
+        job.base_amount = pooled.signed
+        job.closes_session = not pool.keep_open(pooled, cost)
         if ledger.escrowed:  # without escrow the session is a promise: nothing was deposited
             job.payment_status = PaymentStatus.ESCROWED
             self._events.emit(
@@ -877,8 +912,26 @@ class FabstirSDK:
                 session_id=session.session_id,
                 deposit=session.deposit,
                 token=session.token,
+                reused=reused,
+                base_amount=job.base_amount,
             )
         self._events.emit(EventName.JOB_POSTED, job_id=job.job_id, session_id=session.session_id)
+        try:
+            await self._run_on_session(job, chosen, pooled)
+        finally:
+            pool.release(
+                pooled,
+                job.runner.signed_amount if job.runner is not None else pooled.signed,
+                reusable=job.error is None
+                and job.status in (JobStatus.COMPLETED, JobStatus.CANCELLED)
+                and not job.closes_session,
+            )
+
+    async def _run_on_session(self, job: _Job, chosen: OfferInHand, pooled: PooledSession) -> None:
+        ledger = self._require_ledger()
+        account = self._require_account()
+        session = pooled.info
+        assert job.host is not None
         runner = JobRunner(
             job_key=job.key,
             offer=chosen,
@@ -891,6 +944,8 @@ class FabstirSDK:
             on_tokens=lambda tokens: self._on_tokens(job, tokens),
             reconnect=lambda: self._reopen(chosen.node),
             agent=_AGENT,
+            base_amount=job.base_amount,
+            keep_open=not job.closes_session,
         )
         job.runner = runner
         self._set_status(job, JobStatus.CLAIMED)
@@ -903,6 +958,7 @@ class FabstirSDK:
             self._reliability.record_failure(job.host, drop=not isinstance(exc, TimeoutError))
             self._events.emit(EventName.NODE_FAILURE, job_id=job.job_id, node_id=job.host, error=str(exc))
             self._discovery_invalidate(job.host)
+            job.closes_session = True  # a host closes the session of a failed job
             self._watch_settlement(job)
             raise
         job.outcome = outcome
@@ -967,16 +1023,25 @@ class FabstirSDK:
                 self._observe_settlement(job), name=f"fabstir-settlement-{job.job_id}"
             )
 
-    async def _settlement_observed(self, job: _Job) -> None:
+    async def _settlement_observed(self, job: _Job, *, timeout: float | None = None) -> None:
+        """Waits for the job's settlement watcher (at most ``timeout`` s; it goes on in the background)."""
         if job.settlement is not None:
-            await asyncio.shield(job.settlement)
+            with contextlib.suppress(builtins.TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(job.settlement)
 
     async def _observe_settlement(self, job: _Job, *, patience: float = 30.0) -> None:
-        """Waits (briefly, bounded) for the host to settle on the ledger and records the result. A host that
-        does not settle leaves the payment ESCROWED; the client can reclaim after expiry."""
+        """Waits (briefly, bounded) for the host to settle the job on the ledger and records the result.
+
+        A job's share of its session is what its receipts added: from ``base_amount`` to the amount the
+        client signed last. It is released once the session's settled total reaches that amount (the host
+        settles after each job, or closes the session); the session's refund belongs to the job after which
+        it closed. A host that does not settle leaves the payment ESCROWED; the client can reclaim after
+        expiry."""
         if job.session is None or self._ledger is None:
             return
         ledger = self._ledger
+        end = job.runner.signed_amount if job.runner is not None else job.base_amount
         delay = 0.0
         deadline = asyncio.get_running_loop().time() + patience
         while True:
@@ -985,34 +1050,51 @@ class FabstirSDK:
             except FabstirError as exc:
                 _log.info("could not read session of job %s: %s", job.job_id, exc)
                 return
-            if session.closed or asyncio.get_running_loop().time() >= deadline:
+            if (
+                session.closed
+                or job.base_amount < end <= session.settled
+                or asyncio.get_running_loop().time() >= deadline
+            ):
                 break
             await asyncio.sleep(delay)
             delay = min(0.1, delay * 2 or 0.001)
+        self._record_settlement(job, session, end)
+
+    def _record_settlement(self, job: _Job, session: SessionInfo, end: int) -> None:
+        """Records what the ledger says about ``job``'s share of ``session`` and emits the payment events
+        (each once)."""
+        ledger = self._require_ledger()
+        previous_settled = job.settled
         job.session = session
-        job.settled = session.settled
-        job.refunded = session.refunded
-        if session.closed:
-            job.payment_status = PaymentStatus.RELEASED if session.settled else PaymentStatus.REFUNDED
-            fee = session.settled * ledger.fee_basis_points // 10_000
-            if session.settled:
-                self._events.emit(
-                    EventName.PAYMENT_RELEASED,
-                    job_id=job.job_id,
-                    node_id=job.host,
-                    session_id=session.session_id,
-                    amount=session.settled,
-                    host_amount=session.settled - fee,
-                    fee=fee,
-                )
-            if session.refunded:
-                self._events.emit(
-                    EventName.PAYMENT_REFUNDED,
-                    job_id=job.job_id,
-                    node_id=job.host,
-                    session_id=session.session_id,
-                    amount=session.refunded,
-                )
+        share = max(0, min(session.settled, end) - job.base_amount)
+        job.settled = share
+        closing_job = session.closed and job.closes_session
+        if share and session.settled >= end:
+            job.payment_status = PaymentStatus.RELEASED
+        if closing_job:
+            job.refunded = session.refunded
+            if not share:
+                job.payment_status = PaymentStatus.REFUNDED
+        if share and share != previous_settled:
+            fee = _fee(ledger, job.base_amount + share) - _fee(ledger, job.base_amount)
+            self._events.emit(
+                EventName.PAYMENT_RELEASED,
+                job_id=job.job_id,
+                node_id=job.host,
+                session_id=session.session_id,
+                amount=share,
+                host_amount=share - fee,
+                fee=fee,
+            )
+        if closing_job and session.refunded and not job.refund_reported:
+            job.refund_reported = True
+            self._events.emit(
+                EventName.PAYMENT_REFUNDED,
+                job_id=job.job_id,
+                node_id=job.host,
+                session_id=session.session_id,
+                amount=session.refunded,
+            )
 
     def _fail(self, job: _Job, error: FabstirError, *, cancelled: bool = False) -> None:
         job.error = error
@@ -1072,21 +1154,31 @@ class FabstirSDK:
         return [await self.get_payment_details(j) for j in sorted(self._jobs) if self._jobs[j].session]
 
     async def calculate_actual_cost(self, job: JobRef) -> CostBreakdown:
-        """What the job cost: tokens acknowledged × price, split host / treasury, and what was refunded."""
+        """What the job cost: tokens acknowledged × price, split host / treasury, and what was (or will be)
+        refunded. A job on a session that carries more jobs leaves the rest of the deposit in the session
+        (``refunded`` 0); the job after which the session closes gets its refund."""
         record = self._job(job)
         ledger = self._require_ledger()
         price = record.price_per_token or 0
         tokens = record.runner.acknowledged if record.runner else 0
-        total = record.settled if record.session and record.session.closed else tokens * price
-        fee = total * ledger.fee_basis_points // 10_000
+        observed = record.payment_status in (PaymentStatus.RELEASED, PaymentStatus.REFUNDED)
+        total = record.settled if observed else tokens * price
+        base = record.base_amount
+        fee = _fee(ledger, base + total) - _fee(ledger, base)
         deposit = record.session.deposit if record.session else 0
+        if record.session is not None and record.session.closed and record.closes_session:
+            refunded = record.refunded
+        elif record.closes_session:
+            refunded = deposit - base - total
+        else:
+            refunded = 0
         return CostBreakdown(
             tokens=total // price if price else 0,
             price_per_token=price,
             total=total,
             host=total - fee,
             treasury=fee,
-            refunded=record.refunded if record.session and record.session.closed else deposit - total,
+            refunded=refunded,
             payment_token=record.session.token if record.session else record.request.payment_token,
             fee_basis_points=ledger.fee_basis_points,
         )
@@ -1109,10 +1201,12 @@ class FabstirSDK:
         ledger = self._require_ledger()
         if record.session is None or not ledger.escrowed:  # nothing was deposited, nothing to refund
             return await self.get_payment_details(record.job_id)
-        await self._settlement_observed(record)  # the host settles and refunds on its own once the job ends
+        # A live host settles and refunds on its own once the job ends: give it a moment, not forever (a
+        # dead host never will, and then only the expiry helps).
+        await self._settlement_observed(record, timeout=_REFUND_PATIENCE)
         session = await ledger.get_session(record.session.session_id)
         if not session.closed:
-            if session.expiry > time.time():
+            if session.expiry > await ledger.timestamp():  # the chain's clock decides, not ours
                 raise PaymentError(
                     f"the session of job {record.job_id} is still open; the host may settle until it expires "
                     f"at {session.expiry:.0f}, after which the deposit can be reclaimed",

@@ -90,6 +90,8 @@ class JobRunner:
         max_resumes: int = 3,
         agent: str = "fabstir-llm-sdk",
         clock: Callable[[], float] = time.time,
+        base_amount: int = 0,
+        keep_open: bool = False,
     ) -> None:
         self.job_key = job_key
         self.offer = offer
@@ -115,6 +117,14 @@ class JobRunner:
         self.resumes = 0  # how often the stream was reopened
         self._broken: TransportError | None = None  # why the stream was last reopened, until data flows
         self._next_seq = len(buffer.tokens)  # the index of the next token the host owes us
+        #: the session's cumulative amount signed before this job (several jobs per session)
+        self.base_amount = base_amount
+        self._keep_open = keep_open
+
+    @property
+    def signed_amount(self) -> int:
+        """The session's cumulative amount our latest receipt signed for (``base_amount`` if none)."""
+        return self.base_amount + self.acknowledged * self._price
 
     @property
     def peer_id(self) -> str:
@@ -124,7 +134,9 @@ class JobRunner:
         """Confirms and streams until ``End``. Raises a :class:`FabstirError` on failure (the stream is reset,
         and a last receipt for what arrived is attempted so the host can be paid fairly)."""
         try:
-            await self._channel.send(Confirm(self.job_key, self.session.session_id))
+            await self._channel.send(
+                Confirm(self.job_key, self.session.session_id, self.base_amount, self._keep_open)
+            )
             return await self._stream()
         except FabstirError as exc:
             await self._abort(exc)
@@ -264,7 +276,7 @@ class JobRunner:
     async def _send_receipt(self, *, final: bool = False, force: bool = False) -> None:
         if self.received == self.acknowledged and not force:
             return
-        amount = self.received * self._price
+        amount = self.base_amount + self.received * self._price
         signature = sign_receipt(
             self._account,
             chain_id=self._ledger.chain_id,

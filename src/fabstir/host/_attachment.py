@@ -278,6 +278,7 @@ class StreamAttachment:
             verifying_contract=self._verifying_contract,
             previous_amount=job.receipt_amount,
             tokens_sent=job.sent,
+            base_amount=job.base_amount,
         )
 
     def _late_frame(self, frame: Frame) -> None:

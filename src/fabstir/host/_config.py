@@ -14,7 +14,7 @@ from typing import Any
 from .._exceptions import ConfigurationError
 from .._models import RejectReason
 
-__all__ = ["HostConfig", "HostFaults"]
+__all__ = ["SETTLEMENT_POLICIES", "HostConfig", "HostFaults"]
 
 #: The agent string travels in ``Hello``; a short product/version tag is all it is for.
 _MAX_AGENT_CHARS = 256
@@ -95,6 +95,10 @@ def _freeze_prices(raw: Any, models: tuple[str, ...]) -> Mapping[str, Mapping[st
     return MappingProxyType(prices)
 
 
+#: When a host settles a session that carries several jobs (see :class:`HostConfig`).
+SETTLEMENT_POLICIES = ("per_job", "batched")
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class HostConfig:
     """What a :class:`~fabstir.host.HostNode` serves and how it protects itself.
@@ -107,6 +111,12 @@ class HostConfig:
     ``End``. The capability record lives ``record_ttl`` and is re-published every ``record_refresh`` and
     when the load changes. A broken stream's job can be resumed for ``resume_ttl`` (0: never). A session
     must stay open ``min_session_ttl`` beyond the confirmation. ``settle_timeout`` bounds one settlement.
+
+    A session may carry several jobs (the client asks with ``Confirm.keep_open``). ``settlement`` says when
+    the host cashes the receipts of such a session: ``"per_job"`` (settle after each job: the host holds at
+    most one job's earnings unsettled) or ``"batched"`` (only when the session closes: one transaction for
+    all its jobs). A session left idle ``session_idle_timeout`` is closed (the rest refunded), and always
+    before it expires.
     """
 
     models: tuple[str, ...]
@@ -124,6 +134,8 @@ class HostConfig:
     resume_ttl: float = 60.0
     min_session_ttl: float = 60.0
     settle_timeout: float = 60.0
+    settlement: str = "per_job"
+    session_idle_timeout: float = 120.0
     agent: str = "fabstir-host"
     faults: HostFaults | None = field(default=None)
 
@@ -148,10 +160,16 @@ class HostConfig:
             "record_ttl",
             "record_refresh",
             "settle_timeout",
+            "session_idle_timeout",
         ):
             _seconds("HostConfig", name, getattr(self, name), positive=True)
         for name in ("batch_interval", "resume_ttl", "min_session_ttl"):
             _seconds("HostConfig", name, getattr(self, name), positive=False)
+        if self.settlement not in SETTLEMENT_POLICIES:
+            raise ConfigurationError(
+                f"HostConfig.settlement must be one of {', '.join(SETTLEMENT_POLICIES)}, "
+                f"got {self.settlement!r}"
+            )
         if self.record_refresh >= self.record_ttl:
             raise ConfigurationError("HostConfig.record_refresh must be shorter than record_ttl")
         if not isinstance(self.agent, str) or len(self.agent) > _MAX_AGENT_CHARS:

@@ -44,6 +44,8 @@ class HostJob:
         peer_id: str,
         session: SessionInfo,
         ticket: Ticket,
+        base_amount: int = 0,
+        keep_open: bool = False,
     ) -> None:
         self.request = request
         self.job_id = request.job_id
@@ -52,12 +54,18 @@ class HostJob:
         self.price = session.price_per_token
         self.ticket = ticket
         self.first_index = request.first_index
-        #: tokens the deposit pays for (None: free)
-        self.deposit_limit: int | None = session.locked // self.price if self.price else None
+        #: the session's cumulative amount before this job (receipts count on from it)
+        self.base_amount = base_amount
+        #: the client will send more jobs on this session: settle it, do not close it
+        self.keep_open = keep_open
+        #: tokens what is left of the deposit pays for (None: free)
+        self.deposit_limit: int | None = (
+            max(0, session.deposit - session.refunded - base_amount) // self.price if self.price else None
+        )
         self.tokens: list[str] = []
         self.sent = 0  # tokens written to a stream (the most any stream got)
         self.acknowledged = 0  # tokens covered by the latest valid receipt
-        self.receipt_amount = 0
+        self.receipt_amount = base_amount  # the session's cumulative amount per the latest valid receipt
         self.receipt_signature: bytes | None = None
         self.finish_reason: str | None = None  # why generation ended
         self.natural_finish = False  # the backend ended it (stop / length), so its usage is the truth

@@ -39,16 +39,18 @@ class HostMetrics:
 
 @dataclass(frozen=True, slots=True)
 class SettledJob:
-    """How one job ended on this host. ``settlement`` is ``None`` if closing the session failed."""
+    """How one job ended on this host. ``settlement`` is the transaction that settled or closed its session
+    after it: ``None`` if that failed, or if the session stays open without settling (batched)."""
 
     job_id: str
     session_id: str
     outcome: str  # "completed" or "failed"
     finish_reason: str | None  # the End's reason, if one was sent
     tokens_sent: int
-    receipt_amount: int  # the amount of the best valid receipt
+    receipt_amount: int  # the amount of the best valid receipt (cumulative over the session)
     settlement: Settlement | None
     error: str | None = None
+    base_amount: int = 0  # the session's cumulative amount before this job (several jobs per session)
 
 
 class HostStats:

@@ -56,6 +56,7 @@ from ._job import HostJob
 from ._metrics import HostMetrics, HostStats, SettledJob
 from ._negotiation import choose_version, request_problem, session_problem
 from ._publisher import RecordPublisher
+from ._sessions import SessionBook, SessionEntry
 
 __all__ = ["HostNode"]
 
@@ -104,7 +105,7 @@ class HostNode:
         )
         self._stats = HostStats()
         self._jobs: dict[str, HostJob] = {}
-        self._sessions_in_use: set[str] = set()
+        self._book = SessionBook()
         self._settled: collections.OrderedDict[str, SettledJob] = collections.OrderedDict()
         self._settled_event = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -163,6 +164,12 @@ class HostNode:
             await self._finalize(job, failure=None if job.end_sent else "the host shut down")
         # Settlements in flight finish (each is bounded by settle_timeout): they move the clients' money.
         await asyncio.gather(*self._settling, return_exceptions=True)
+        # Sessions kept open for more jobs are closed now: their receipts settle, the rest is refunded.
+        closing = [entry for entry in self._book.entries() if self._book.remove(entry.session_id)]
+        await asyncio.gather(
+            *(self._chain_settle(entry, close=True, why="shutdown") for entry in closing),
+            return_exceptions=True,
+        )
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -382,8 +389,8 @@ class HostNode:
                     channel, ErrorCode.PROTOCOL, f"confirm for job {job_id!r}, offered {request.job_id!r}"
                 )
                 return None
-            case Confirm(session_id=session_id):
-                session = await self._verify_session(channel, request, session_id, price, ticket)
+            case Confirm(base_amount=base_amount, keep_open=keep_open):
+                session = await self._verify_session(channel, request, reply, price, ticket)
                 if session is None:
                     return None
             case _:  # the client gave up (its Error frame)
@@ -393,9 +400,16 @@ class HostNode:
             ticket.release()
             await self._error(channel, ErrorCode.INVALID_STATE, "a job with this id is in progress")
             return None
-        job = HostJob(request=request, peer_id=channel.peer_id, session=session, ticket=ticket)
+        job = HostJob(
+            request=request,
+            peer_id=channel.peer_id,
+            session=session,
+            ticket=ticket,
+            base_amount=base_amount,
+            keep_open=keep_open,
+        )
         self._jobs[job.job_id] = job
-        self._sessions_in_use.add(session.session_id.lower())
+        self._book.begin(session, base_amount)
         self._stats.accepted += 1
         job.producer = self._spawn(
             job.produce(
@@ -410,9 +424,9 @@ class HostNode:
         return job
 
     async def _verify_session(
-        self, channel: FrameChannel, request: Request, session_id: str, price: int, ticket: Ticket
+        self, channel: FrameChannel, request: Request, confirm: Confirm, price: int, ticket: Ticket
     ) -> SessionInfo | None:
-        problem, retryable = await self._session_problem(request, session_id, price)
+        problem, retryable = await self._session_problem(request, confirm, price)
         if isinstance(problem, SessionInfo):
             return problem
         _log.warning("job %s from %s: payment refused: %s", request.job_id, channel.peer_id, problem)
@@ -422,12 +436,23 @@ class HostNode:
         return None
 
     async def _session_problem(
-        self, request: Request, session_id: str, price: int
+        self, request: Request, confirm: Confirm, price: int
     ) -> tuple[SessionInfo | str, bool]:
         """The session if it pays for the offer, else why not and whether asking again could help.
 
+        A session may carry several jobs one after another (:class:`SessionBook`): not two at once, and
+        each from at least the amount this host already holds a receipt for.
+
         Without escrow (an :class:`~fabstir.chain.UnescrowedLedger`) there is nothing to look up: the
         session is the client's promise on this offer's terms, from the client address in its id."""
+        session_id = confirm.session_id
+        entry = self._book.get(session_id)
+        if entry is not None and entry.busy:
+            # The client's previous job on this session may still be concluding here (its final receipt
+            # just arrived): give it a moment rather than refusing the next job.
+            with contextlib.suppress(builtins.TimeoutError):
+                async with asyncio.timeout(self.config.final_receipt_timeout):
+                    await entry.idle.wait()
         if not self._ledger.escrowed:
             try:
                 promise = promised_session(
@@ -441,9 +466,8 @@ class HostNode:
                 )
             except ValidationError as exc:
                 return str(exc), False
-            if promise.session_id in self._sessions_in_use:
-                return "the payment session already pays for another job", False
-            return promise, False
+            problem = self._book.problem(promise, confirm.base_amount)
+            return (promise if problem is None else problem), False
         try:
             async with asyncio.timeout(self.config.receipt_timeout):
                 session = await self._ledger.get_session(session_id)
@@ -459,8 +483,8 @@ class HostNode:
             now=self._clock(),
             min_session_ttl=self.config.min_session_ttl,
         )
-        if problem is None and session.session_id.lower() in self._sessions_in_use:
-            problem = "the payment session already pays for another job"
+        if problem is None:
+            problem = self._book.problem(session, confirm.base_amount)
         return (session if problem is None else problem), False
 
     async def _serve_resume(self, channel: FrameChannel, resume: Resume, version: str | None) -> None:
@@ -587,7 +611,6 @@ class HostNode:
                 _log.warning("job %s: the backend did not stop in time", job.job_id)
             job.ticket.release()
             self._jobs.pop(job.job_id, None)
-            self._sessions_in_use.discard(job.session.session_id.lower())
             if job.end_sent and job.tokens:
                 elapsed_ms = (asyncio.get_running_loop().time() - job.started) * 1000
                 self._ms_per_token = 0.8 * self._ms_per_token + 0.2 * elapsed_ms / len(job.tokens)
@@ -598,11 +621,15 @@ class HostNode:
             else:
                 self._stats.failed += 1
                 _log.warning("job %s from %s failed: %s", job.job_id, job.peer_id, failure)
-            settlement = await self._settle(job)
+            settlement = await self._settle(job, failed=failure is not None)
         finally:
             job.ticket.release()
             self._jobs.pop(job.job_id, None)
-            self._sessions_in_use.discard(job.session.session_id.lower())
+            entry = self._book.get(job.session.session_id)
+            if entry is not None and entry.busy:  # _settle did not get to it
+                self._book.end(
+                    job.session.session_id, job.receipt_amount, job.receipt_signature, now=self._clock()
+                )
             result = SettledJob(
                 job_id=job.job_id,
                 session_id=job.session.session_id,
@@ -610,6 +637,7 @@ class HostNode:
                 finish_reason=(job.stop_reason or job.finish_reason) if job.end_sent else None,
                 tokens_sent=job.sent,
                 receipt_amount=job.receipt_amount,
+                base_amount=job.base_amount,
                 settlement=settlement,
                 error=failure,
             )
@@ -619,10 +647,15 @@ class HostNode:
             self._settled_event.set()
             self._settled_event = asyncio.Event()
 
-    async def _settle(self, job: HostJob) -> Settlement | None:
-        """Closes the session with the best receipt (or none: the client gets everything back)."""
+    async def _settle(self, job: HostJob, *, failed: bool) -> Settlement | None:
+        """Settles the job's session with the best receipt held for it: closes it (the rest refunded to
+        the client) unless the client asked to keep it open for more jobs and the job went well — then
+        settles the receipts (``settlement="per_job"``) or keeps them for the close (``"batched"``), and
+        closes it once idle (:meth:`_close_when_idle`)."""
         session_id = job.session.session_id
-        if not self._ledger.escrowed:
+        entry = self._book.end(session_id, job.receipt_amount, job.receipt_signature, now=self._clock())
+        if not self._ledger.escrowed or entry is None:
+            self._book.remove(session_id)
             _log.info(
                 "job %s ended without escrow: %d tokens sent, %d acknowledged (receipts for %d %s, unpaid)",
                 job.job_id,
@@ -632,33 +665,80 @@ class HostNode:
                 job.session.token,
             )
             return None
-        try:
-            async with asyncio.timeout(self.config.settle_timeout):
-                if job.receipt_signature is not None and job.receipt_amount > 0:
-                    settlement = await self._ledger.close(
-                        self._account, session_id, job.receipt_amount, job.receipt_signature
-                    )
-                else:
-                    settlement = await self._ledger.close(self._account, session_id)
-        except (FabstirError, builtins.TimeoutError) as exc:
-            self._stats.settlement_failures += 1
-            _log.warning("job %s: settling session %s failed: %s", job.job_id, session_id, exc or "timed out")
-            return None
-        except Exception:  # a ledger bug: logged, never fatal to the node
-            self._stats.settlement_failures += 1
-            _log.exception("job %s: settling session %s crashed", job.job_id, session_id)
-            return None
+        keep = (
+            job.keep_open
+            and not failed
+            and not self._closing
+            and entry.session.deposit - entry.amount >= entry.session.price_per_token
+            and entry.session.expiry - self._clock() > 2 * self.config.min_session_ttl
+        )
+        if not keep:
+            self._book.remove(session_id)
+            return await self._chain_settle(entry, close=True, why=f"job {job.job_id}")
+        settlement = None
+        if self.config.settlement == "per_job" and entry.unsettled:
+            settlement = await self._chain_settle(entry, close=False, why=f"job {job.job_id}")
+        if not entry.busy:  # (a next job may have begun while the settlement was on its way)
+            entry.closer = self._spawn(self._close_when_idle(entry), name=f"fabstir-host-idle-{session_id}")
+        return settlement
+
+    async def _close_when_idle(self, entry: SessionEntry) -> None:
+        """Closes a kept-open session once no job used it for ``session_idle_timeout``, and always well
+        before it expires (after expiry only the client could get its money out, and the host's receipts
+        would be worthless). A job beginning on the session cancels this task."""
+        idle_until = entry.last_used + self.config.session_idle_timeout
+        close_at = min(idle_until, entry.session.expiry - self.config.min_session_ttl)
+        await asyncio.sleep(max(0.0, close_at - self._clock()))
+        if entry.busy or self._book.get(entry.session_id) is not entry:
+            return
+        self._book.remove(entry.session_id)
+        await self._chain_settle(entry, close=True, why="idle session")
+
+    async def _chain_settle(self, entry: SessionEntry, *, close: bool, why: str) -> Settlement | None:
+        """One settlement transaction for ``entry``'s best receipt: ``settle`` or ``close``. Failures are
+        counted and logged, never raised (the receipts stay in the entry; a later settle or the close
+        uses them: they are cumulative)."""
+        session = entry.session
+        async with entry.lock:
+            if not close and (entry.signature is None or entry.amount <= entry.settled):
+                return None  # nothing new to settle
+            try:
+                async with asyncio.timeout(self.config.settle_timeout):
+                    amount, signature = entry.amount, entry.signature
+                    if signature is None or amount <= entry.settled:
+                        settlement = await self._ledger.close(self._account, session.session_id)
+                    elif close:
+                        settlement = await self._ledger.close(
+                            self._account, session.session_id, amount, signature
+                        )
+                    else:
+                        settlement = await self._ledger.settle(
+                            self._account, session.session_id, amount, signature
+                        )
+            except (FabstirError, builtins.TimeoutError) as exc:
+                self._stats.settlement_failures += 1
+                _log.warning(
+                    "%s: settling session %s failed: %s", why, session.session_id, exc or "timed out"
+                )
+                return None
+            except Exception:  # a ledger bug: logged, never fatal to the node
+                self._stats.settlement_failures += 1
+                _log.exception("%s: settling session %s crashed", why, session.session_id)
+                return None
+            if signature is not None:
+                entry.settled = max(entry.settled, amount)
         self._stats.settlements += 1
-        self._stats.earnings[job.session.token] += settlement.host_amount
+        self._stats.earnings[session.token] += settlement.host_amount
         _log.info(
-            "job %s settled: %d tokens sent, %d acknowledged, host %d + fee %d %s, refunded %d",
-            job.job_id,
-            job.sent,
-            job.acknowledged,
+            "%s: %s session %s: host %d + fee %d %s, refunded %d (%d jobs)",
+            why,
+            "closed" if close else "settled",
+            session.session_id,
             settlement.host_amount,
             settlement.fee,
-            job.session.token,
+            session.token,
             settlement.refunded,
+            entry.jobs,
         )
         return settlement
 

@@ -17,12 +17,14 @@ def check_receipt(
     verifying_contract: str,
     previous_amount: int,
     tokens_sent: int,
+    base_amount: int = 0,
 ) -> str | None:
     """``None`` if the receipt is acceptable, else a sentence saying what is wrong with it.
 
     A receipt is acceptable when it is for this job and session, claims no more tokens than were sent,
-    its amount is exactly ``tokens × price_per_token`` (one job per session, so the session's cumulative
-    amount is this job's), it does not go backwards, and the session's client signed it (EIP-712, bound to
+    its amount is exactly ``base_amount + tokens × price_per_token`` (the session's cumulative amount:
+    what the client signed for its earlier jobs on the session, plus this job's tokens), it does not go
+    backwards, and the session's client signed it (EIP-712, bound to
     this chain and ledger).
     """
     if receipt.session_id.lower() != session.session_id.lower():
@@ -31,9 +33,11 @@ def check_receipt(
         return f"receipt for job {receipt.job_id!r}, expected {job_id!r}"
     if receipt.tokens > tokens_sent:
         return f"receipt covers {receipt.tokens} tokens, only {tokens_sent} were sent"
-    expected = receipt.tokens * session.price_per_token
+    expected = base_amount + receipt.tokens * session.price_per_token
     if receipt.amount != expected:
-        return f"receipt amount {receipt.amount} is not {receipt.tokens} tokens x {session.price_per_token}"
+        base = f"{base_amount} + " if base_amount else ""
+        price = session.price_per_token
+        return f"receipt amount {receipt.amount} is not {base}{receipt.tokens} tokens x {price}"
     if receipt.amount < previous_amount:
         return f"receipt amount {receipt.amount} is below the previous {previous_amount}"
     signer = recover_receipt_signer(

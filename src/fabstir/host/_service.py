@@ -78,6 +78,8 @@ class HostServiceOptions:
       (:class:`fabstir.chain.UnescrowedLedger`), explicitly.
     * ``announce_addrs``: the addresses clients are told to dial, instead of ``listen_addrs`` (needed
       when listening on ``0.0.0.0`` or behind a port forward).
+    * ``settlement`` / ``session_idle_timeout``: how sessions that carry several jobs are settled and when
+      an idle one is closed (:class:`~fabstir.host.HostConfig`).
     * ``identity_path`` keeps the peer id across restarts; ``private_key`` is the payment wallet
       (0x + 64 hex; a fresh one per run if absent).
     """
@@ -113,6 +115,8 @@ class HostServiceOptions:
     ping_timeout: float = 5.0
     record_ttl: float = 300.0
     record_refresh: float = 60.0
+    settlement: str = "per_job"
+    session_idle_timeout: float = 120.0
 
     def __post_init__(self) -> None:
         if self.backend not in ("builtin", "openai", "simulated"):
@@ -176,6 +180,8 @@ class HostServiceOptions:
             max_tokens=self.max_tokens,
             record_ttl=self.record_ttl,
             record_refresh=self.record_refresh,
+            settlement=self.settlement,
+            session_idle_timeout=self.session_idle_timeout,
         )
 
 
