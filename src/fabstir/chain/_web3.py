@@ -32,6 +32,7 @@ from .._exceptions import ConfigurationError, InsufficientFundsError, InvalidRec
 from ._artifacts import RevertDecoder, load_artifact
 from ._base import HostRegistration, SessionInfo, Settlement
 from ._tx import Transactor
+from ._watcher import SessionWatcher
 
 __all__ = ["GAS_LIMITS", "Web3Ledger"]
 
@@ -240,6 +241,11 @@ class Web3Ledger:
     @property
     def unbonding_delay(self) -> float:
         return float(self._unbonding_delay)
+
+    def session_watcher(self, **options: Any) -> SessionWatcher:
+        """A :class:`~fabstir.chain.SessionWatcher` of this deployment's PaymentSessions over this
+        ledger's connection (``options``: its keyword arguments, e.g. ``confirmations``)."""
+        return SessionWatcher(self._tx.w3, self.verifying_contract, **options)
 
     def fee_for(self, cumulative: int) -> int:
         """The treasury's share of a session that settled ``cumulative`` (the contract's ``feeFor``)."""
