@@ -7,9 +7,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from fabstir import FabstirSDK, JobStatus, PaymentStatus
+from fabstir import Event, EventName, FabstirSDK, JobStatus, PaymentStatus
 from fabstir.backend import BUILTIN_MODEL_ID
 from fabstir.chain._web3 import Web3Ledger
 from fabstir.devnet import Devnet, DevnetOptions
@@ -153,3 +154,60 @@ async def test_several_jobs_on_one_session_settle_per_job_on_chain(tmp_path: Pat
     assert session.refunded == session.deposit - total
     assert after - before == -total - client_gas_cost
     assert client_transactions == 1  # one openSession for three jobs
+
+
+async def _rpc(url: str, method: str, params: list[Any]) -> Any:
+    """One JSON-RPC call to the devnet's chain (the test-only ``evm_*`` methods)."""
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        reply = (
+            await client.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+        ).json()
+    assert "error" not in reply, reply
+    return reply["result"]
+
+
+async def test_a_reorg_that_removes_a_settlement_is_reported_and_the_chain_wins(tmp_path: Path) -> None:
+    """The SDK follows its sessions through the contract's events: after a paid job, the chain is rolled
+    back to before the job (evm_revert, then new blocks: a reorg that replaces the job's blocks) — the SDK
+    emits chain:reorg naming the session and state:conflict for the job (believed released, the chain has
+    no such session), and the job's payment status becomes what the chain says."""
+    options = DevnetOptions(hosts=1, backend="simulated", start_timeout=60.0)
+    async with asyncio.timeout(LIMIT), Devnet(tmp_path, options) as devnet:
+        url = devnet.rpc_url
+        assert url is not None
+        sdk = FabstirSDK.from_devnet(tmp_path)
+        async with sdk:
+            reorgs: list[Event] = []
+            conflicts: list[Event] = []
+            released: list[Event] = []
+            sdk.on(EventName.CHAIN_REORG, reorgs.append)
+            conflicted = asyncio.Event()
+
+            def on_conflict(event: Event) -> None:
+                conflicts.append(event)
+                conflicted.set()
+
+            sdk.on(EventName.STATE_CONFLICT, on_conflict)
+            sdk.on(EventName.PAYMENT_RELEASED, released.append)
+            model = (await sdk.discover_nodes())[0].capabilities.models[0]
+            snapshot = await _rpc(url, "evm_snapshot", [])
+            handle = await sdk.submit_job(prompt="soon forgotten", model=model, max_tokens=16)
+            await sdk.wait_for_job_completion(handle)
+            details = await sdk.approve_job_payment(handle)
+            assert details.status is PaymentStatus.RELEASED
+            await asyncio.sleep(2.5)  # the follower's polls (1 s) see the settlement's blocks
+            assert await _rpc(url, "evm_revert", [snapshot]) is True
+            await _rpc(url, "evm_increaseTime", [10])  # new blocks get new hashes
+            for _ in range(6):
+                await _rpc(url, "evm_mine", [])
+            await conflicted.wait()  # (bounded by LIMIT)
+            status = await sdk.get_payment_status(handle)
+    assert len(released) == 1
+    assert reorgs
+    assert details.session_id is not None
+    assert details.session_id.lower() in reorgs[0].data["sessions"]
+    (conflict,) = conflicts
+    assert conflict.job_id == handle.job_id
+    assert conflict.data["believed"]["status"] == "released"
+    assert conflict.data["chain"] == {"status": "none", "settled": 0, "refunded": 0}
+    assert status is PaymentStatus.NONE

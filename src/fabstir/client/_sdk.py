@@ -50,7 +50,7 @@ from .._models import (
     StreamSummary,
     Token,
 )
-from ..chain import PaymentLedger, SessionInfo
+from ..chain import ChainReorg, PaymentLedger, SessionInfo
 from ..core._channel import FrameChannel
 from ..core._client_job import JobOutcome, JobRunner
 from ..core._discovery import DiscoveryFilter, NodeDiscovery
@@ -62,6 +62,7 @@ from ..core._selection import SelectionStrategy, rank_nodes
 from ..core._stream import ResponseStream, TokenBuffer
 from ..protocol import PROTOCOL_ID, Request, Role
 from ..transport import PeerEvent, PeerEventKind, PeerInfo, Transport, parse_peer_addr
+from ._chain_follow import ChainFollower, SessionState
 from ._sessions import PooledSession, SessionPool
 
 __all__ = ["FabstirSDK", "JobHandle"]
@@ -101,6 +102,8 @@ class _Job:
     refund_reported: bool = False  # payment:refunded was emitted
 
 
+#: Seconds between the chain follower's polls of the contract's logs.
+_CHAIN_POLL_INTERVAL = 1.0
 #: How long request_refund waits for a host to close the session of a failed or cancelled job.
 _REFUND_PATIENCE = 5.0
 
@@ -151,6 +154,7 @@ class FabstirSDK:
         self._events = EventBus()
         self._reliability = ReliabilityTracker(time.time)
         self._session_pool = SessionPool(self.config.chain.jobs_per_session)
+        self._follower: ChainFollower | None = None
         self._discovery: NodeDiscovery | None = None
         self._jobs: dict[int, _Job] = {}
         self._next_job_id = 1
@@ -257,7 +261,16 @@ class FabstirSDK:
         if chain.escrow:
             from ..chain._web3 import Web3Ledger
 
-            self._ledger = await Web3Ledger.from_config(chain)
+            ledger = await Web3Ledger.from_config(chain)
+            self._ledger = ledger
+            self._follower = ChainFollower(
+                ledger.session_watcher(
+                    confirmations=max(1, chain.confirmations), poll_interval=_CHAIN_POLL_INTERVAL
+                ),
+                on_state=self._on_chain_state,
+                on_reorg=self._on_chain_reorg,
+            )
+            self._follower.start()
         else:
             self._ledger = UnescrowedLedger(chain_id=chain.chain_id) if chain.chain_id else UnescrowedLedger()
         self._account = Account.from_key(chain.private_key) if chain.private_key else Account.create()
@@ -341,6 +354,9 @@ class FabstirSDK:
             await asyncio.gather(*pending, return_exceptions=True)
         if self._peer_unsubscribe is not None:
             self._peer_unsubscribe()
+        if self._follower is not None:
+            await self._follower.aclose()
+            self._follower = None
         closer = getattr(self._ledger, "aclose", None)
         if self.config.mode == "production" and closer is not None:
             await closer()  # the chain connection (a mock marketplace's ledger belongs to the marketplace)
@@ -899,6 +915,8 @@ class FabstirSDK:
                 await decline(chosen.channel, reason="payment failed")
                 raise
             pooled = pool.add(session, chosen.node.peer_id)
+            if self._follower is not None:
+                self._follower.follow([session.session_id])
         session = pooled.info
         job.session = session
         job.base_amount = pooled.signed
@@ -1095,6 +1113,87 @@ class FabstirSDK:
                 session_id=session.session_id,
                 amount=session.refunded,
             )
+
+    def _jobs_on_session(self, session_id: str) -> list[_Job]:
+        """The ended jobs paid by ``session_id`` (the chain only matters for them once they ended)."""
+        key = session_id.lower()
+        return [
+            job
+            for job in self._jobs.values()
+            if job.session is not None and job.session.session_id.lower() == key and job.done.is_set()
+        ]
+
+    def _job_end_amount(self, job: _Job) -> int:
+        return job.runner.signed_amount if job.runner is not None else job.base_amount
+
+    def _on_chain_state(self, session_id: str, state: SessionState) -> None:
+        """Confirmed events moved ``session_id`` forward: record each ended job's share (only forward;
+        taking back is the reorg path's job)."""
+        for job in self._jobs_on_session(session_id):
+            assert job.session is not None
+            if state.settled < job.session.settled or (job.session.closed and not state.closed):
+                continue  # our own reading of the contract was already further (not yet confirmed)
+            info = dataclasses.replace(
+                job.session, settled=state.settled, refunded=state.refunded, closed=state.closed
+            )
+            self._record_settlement(job, info, self._job_end_amount(job))
+
+    async def _on_chain_reorg(self, reorg: ChainReorg | None, sessions: frozenset[str]) -> None:
+        """Blocks were replaced (``reorg``; ``None``: deeper than the watcher remembers): re-read the
+        sessions whose events were retracted and correct each job whose payment we believed otherwise —
+        the chain wins, and ``state:conflict`` says what changed."""
+        ledger = self._require_ledger()
+        self._events.emit(
+            EventName.CHAIN_REORG,
+            fork_block=reorg.fork_block if reorg else None,
+            depth=reorg.depth if reorg else None,
+            retracted=len(reorg.retracted) if reorg else None,
+            sessions=sorted(sessions),
+        )
+        for session_id in sessions:
+            try:
+                session: SessionInfo | None = await ledger.get_session(session_id)
+            except PaymentError:  # the session itself is gone with the replaced blocks
+                session = None
+            except FabstirError as exc:
+                _log.warning("after a reorg, could not re-read session %s: %s", session_id, exc)
+                continue
+            if self._follower is not None:
+                state = SessionState(session.settled, session.refunded, session.closed) if session else None
+                self._follower.set_state(session_id, state or SessionState())
+            for job in self._jobs_on_session(session_id):
+                self._correct_payment(job, session)
+
+    def _correct_payment(self, job: _Job, session: SessionInfo | None) -> None:
+        """Sets ``job``'s payment to what ``session`` (``None``: no such session on chain) says, emitting
+        ``state:conflict`` if that differs from what we believed."""
+        believed = (job.payment_status, job.settled, job.refunded)
+        if session is None:
+            actual = (PaymentStatus.NONE, 0, 0)
+        else:
+            end = self._job_end_amount(job)
+            share = max(0, min(session.settled, end) - job.base_amount)
+            closing = session.closed and job.closes_session
+            if share and session.settled >= end:
+                status = PaymentStatus.RELEASED
+            elif closing and not share:
+                status = PaymentStatus.REFUNDED
+            else:
+                status = PaymentStatus.ESCROWED
+            actual = (status, share, session.refunded if closing else 0)
+            job.session = session
+        if actual == believed:
+            return
+        job.payment_status, job.settled, job.refunded = actual
+        job.refund_reported = bool(job.refunded) and job.refund_reported
+        self._events.emit(
+            EventName.STATE_CONFLICT,
+            job_id=job.job_id,
+            node_id=job.host,
+            session_id=job.session.session_id if job.session else None,
+            believed={"status": believed[0].value, "settled": believed[1], "refunded": believed[2]},
+            chain={"status": actual[0].value, "settled": actual[1], "refunded": actual[2]},
+        )
 
     def _fail(self, job: _Job, error: FabstirError, *, cancelled: bool = False) -> None:
         job.error = error

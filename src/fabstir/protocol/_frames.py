@@ -87,11 +87,18 @@ class Reject:
 
 @dataclass(frozen=True, slots=True)
 class Confirm:
-    """The client takes the offer and names the payment session (escrow) that pays for it."""
+    """The client takes the offer and names the payment session (escrow) that pays for it.
+
+    A session may carry several jobs to one host, one after another: ``base_amount`` is the session's
+    cumulative amount the client signed for its earlier jobs (this job's receipts count on from it), and
+    ``keep_open`` asks the host to settle but not close the session after this job, because more jobs
+    will follow. The defaults are a session's only job."""
 
     KIND: ClassVar[str] = "confirm"
     job_id: str
     session_id: str
+    base_amount: int = 0
+    keep_open: bool = False
 
 
 @dataclass(frozen=True, slots=True)
