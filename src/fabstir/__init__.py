@@ -50,6 +50,7 @@ from ._exceptions import (
 )
 from ._models import (
     NATIVE_TOKEN,
+    ChainTransaction,
     CostBreakdown,
     CostEstimate,
     FinishReason,
@@ -79,6 +80,7 @@ __all__ = [
     "BackendError",
     "CancelledError",
     "ChainConfig",
+    "ChainTransaction",
     "ConfigurationError",
     "CostBreakdown",
     "CostEstimate",

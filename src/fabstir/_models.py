@@ -196,6 +196,19 @@ class CostBreakdown:
 
 
 @dataclass(frozen=True, slots=True)
+class ChainTransaction:
+    """One transaction on the chain: what it did (``description``, e.g. ``"opening a session"``), its hash,
+    who sent it, the gas it used and what that cost the sender (wei), and its block."""
+
+    description: str
+    tx_hash: str
+    sender: str
+    gas_used: int
+    gas_cost: int
+    block_number: int
+
+
+@dataclass(frozen=True, slots=True)
 class PaymentDetails:
     job_id: int
     session_id: str | None

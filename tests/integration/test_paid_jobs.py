@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fabstir import Event, EventName, FabstirSDK, JobStatus, PaymentStatus
+from fabstir import ChainTransaction, Event, EventName, FabstirSDK, JobStatus, PaymentStatus
 from fabstir.backend import BUILTIN_MODEL_ID
 from fabstir.chain._web3 import Web3Ledger
 from fabstir.devnet import Devnet, DevnetOptions
@@ -142,6 +142,7 @@ async def test_several_jobs_on_one_session_settle_per_job_on_chain(tmp_path: Pat
                     assert details.settled_amount == details.acknowledged_tokens * PRICE
                 (session_id,) = sessions
                 session = await ledger.get_session(session_id or "")
+                transactions = await _session_transactions(sdk, handle.job_id)
                 client_gas_cost = await _gas_cost(ledger, client, first_block)
                 client_transactions = len(await _receipts(ledger, client, first_block))
                 after = await ledger.balance_of(client)
@@ -154,6 +155,27 @@ async def test_several_jobs_on_one_session_settle_per_job_on_chain(tmp_path: Pat
     assert session.refunded == session.deposit - total
     assert after - before == -total - client_gas_cost
     assert client_transactions == 1  # one openSession for three jobs
+    # the SDK lists the session's transactions: the client's open, the host's two settlements and close
+    assert [tx.description for tx in transactions] == [
+        "opening a session",
+        "settling a receipt",
+        "settling a receipt",
+        "settling a receipt and closing a session",
+    ]
+    assert transactions[0].sender == client
+    assert transactions[0].gas_cost == client_gas_cost
+    assert len({tx.sender for tx in transactions[1:]}) == 1
+    assert transactions[1].sender != client
+
+
+async def _session_transactions(sdk: FabstirSDK, job_id: int) -> list[ChainTransaction]:
+    """The job's session transactions once the SDK has seen the session's close confirmed (it follows
+    the chain about once a second)."""
+    while True:
+        transactions = await sdk.get_job_transactions(job_id)
+        if any("closing" in tx.description for tx in transactions):
+            return transactions
+        await asyncio.sleep(0.2)
 
 
 async def _rpc(url: str, method: str, params: list[Any]) -> Any:

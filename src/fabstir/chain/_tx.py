@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import collections
 import logging
 from typing import Any, cast
 
@@ -30,6 +31,7 @@ from web3.exceptions import TimeExhausted, TransactionNotFound
 from web3.types import TxParams, TxReceipt
 
 from .._exceptions import InsufficientFundsError, PaymentError, TimeoutError
+from .._models import ChainTransaction
 from ._artifacts import RevertDecoder
 
 __all__ = ["Transactor"]
@@ -59,6 +61,10 @@ def revert_data(exc: BaseException) -> bytes | None:
     return None
 
 
+#: How many sent transactions a Transactor remembers (:attr:`Transactor.sent`).
+_SENT_HISTORY = 1_000
+
+
 class Transactor:
     """Calls and transactions over one :class:`~web3.AsyncWeb3` (see the module docstring)."""
 
@@ -81,6 +87,8 @@ class Transactor:
         self._locks: dict[str, asyncio.Lock] = {}
         self._nonces: dict[str, int] = {}
         self._gas_spent: dict[str, int] = {}
+        #: the transactions sent, newest last (bounded: a long-running client must not grow without end)
+        self.sent: collections.deque[ChainTransaction] = collections.deque(maxlen=_SENT_HISTORY)
 
     def gas_spent(self, address: str) -> int:
         """Wei this transactor's transactions from ``address`` paid for gas (reverted ones included)."""
@@ -152,8 +160,17 @@ class Transactor:
                 raise self.error(exc, what) from exc
             self._nonces[address] = nonce + 1
         receipt = await self._confirmed(tx_hash.to_0x_hex(), what)
-        self._gas_spent[address] = self._gas_spent.get(address, 0) + int(receipt["gasUsed"]) * int(
-            receipt.get("effectiveGasPrice", gas_price)
+        cost = int(receipt["gasUsed"]) * int(receipt.get("effectiveGasPrice", gas_price))
+        self._gas_spent[address] = self._gas_spent.get(address, 0) + cost
+        self.sent.append(
+            ChainTransaction(
+                description=what,
+                tx_hash=tx_hash.to_0x_hex(),
+                sender=address,
+                gas_used=int(receipt["gasUsed"]),
+                gas_cost=cost,
+                block_number=int(receipt["blockNumber"]),
+            )
         )
         if receipt["status"] != 1:
             await self._explain_failure(params, receipt, what)

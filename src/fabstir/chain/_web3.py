@@ -18,10 +18,10 @@ import asyncio
 import re
 from collections.abc import Mapping
 from types import MappingProxyType, TracebackType
-from typing import Any
+from typing import Any, cast
 
 from eth_account.signers.local import LocalAccount
-from eth_typing import ChecksumAddress
+from eth_typing import ChecksumAddress, HexStr
 from eth_utils.address import to_checksum_address
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.logs import DISCARD
@@ -29,6 +29,7 @@ from web3.types import TxReceipt
 
 from .._config import ChainConfig
 from .._exceptions import ConfigurationError, InsufficientFundsError, InvalidReceiptError, PaymentError
+from .._models import ChainTransaction
 from ._artifacts import RevertDecoder, load_artifact
 from ._base import HostRegistration, SessionInfo, Settlement
 from ._tx import Transactor
@@ -105,6 +106,7 @@ class Web3Ledger:
         self._min_stake = min_stake
         self._unbonding_delay = unbonding_delay
         self._approvals: dict[tuple[str, str], asyncio.Lock] = {}
+        self._opened: dict[str, tuple[ChainTransaction, ...]] = {}  # session id → approve/open records
 
     # ------------------------------------------------------------------------------------ construction
     @classmethod
@@ -347,6 +349,7 @@ class Web3Ledger:
             price_per_token,
             max(0, int(expiry)),
         )
+        approval: TxReceipt | None = None
         if token == NATIVE_TOKEN:
             await self._require(client.address, token, deposit)
             receipt = await self._tx.transact(
@@ -363,7 +366,7 @@ class Web3Ledger:
             lock = self._approvals.setdefault((client.address, token), asyncio.Lock())
             async with lock:
                 await self._require(client.address, token, deposit)
-                await self._approve(client, token, deposit)
+                approval = await self._approve(client, token, deposit)
                 receipt = await self._tx.transact(
                     client,
                     to=self.verifying_contract,
@@ -374,9 +377,45 @@ class Web3Ledger:
         opened = self._events(self._sessions, "SessionOpened", receipt)
         if not opened:
             raise PaymentError("opening a session: the receipt has no SessionOpened event")
-        return await self.get_session("0x" + bytes(opened[0]["sessionId"]).hex())
+        session_id = "0x" + bytes(opened[0]["sessionId"]).hex()
+        self._opened[session_id] = tuple(
+            record for record in (self._record(approval), self._record(receipt)) if record is not None
+        )
+        return await self.get_session(session_id)
 
-    async def _approve(self, client: LocalAccount, token: str, amount: int) -> None:
+    def _record(self, receipt: TxReceipt | None) -> ChainTransaction | None:
+        if receipt is None:
+            return None
+        tx_hash = receipt["transactionHash"].to_0x_hex()
+        return next((r for r in reversed(self._tx.sent) if r.tx_hash == tx_hash), None)
+
+    def transactions(self, address: str | None = None) -> list[ChainTransaction]:
+        """The transactions this ledger sent (from ``address``, or all), oldest first (the last 1,000)."""
+        key = None if address is None else self._address(address)
+        return [record for record in self._tx.sent if key is None or record.sender == key]
+
+    def opening_transactions(self, session_id: str) -> tuple[ChainTransaction, ...]:
+        """The transactions this ledger sent to open ``session_id`` (an approval, if one was needed, and
+        the open); empty for a session it did not open."""
+        return self._opened.get(session_id.lower(), ())
+
+    async def transaction(self, tx_hash: str, description: str) -> ChainTransaction:
+        """Any transaction on the chain, read from its receipt (e.g. the host's settlement)."""
+        try:
+            receipt = await self._tx.w3.eth.get_transaction_receipt(cast(HexStr, tx_hash))
+        except Exception as exc:
+            raise self._tx.error(exc, f"reading transaction {tx_hash}") from exc
+        gas_used = int(receipt["gasUsed"])
+        return ChainTransaction(
+            description=description,
+            tx_hash=tx_hash,
+            sender=to_checksum_address(receipt["from"]),
+            gas_used=gas_used,
+            gas_cost=gas_used * int(receipt.get("effectiveGasPrice", 0)),
+            block_number=int(receipt["blockNumber"]),
+        )
+
+    async def _approve(self, client: LocalAccount, token: str, amount: int) -> TxReceipt | None:
         contract = self._erc20[token]
         allowance = int(
             await self._view(
@@ -384,8 +423,8 @@ class Web3Ledger:
             )
         )
         if allowance >= amount:
-            return
-        await self._tx.transact(
+            return None
+        return await self._tx.transact(
             client,
             to=str(contract.address),
             data=self._encode(contract, "approve", self.verifying_contract, amount),

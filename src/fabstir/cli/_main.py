@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import (
+    ChainTransaction,
     ConfigurationError,
     DiscoveryError,
     Event,
@@ -361,6 +362,21 @@ async def demo(
         )
 
 
+async def _settled_transactions(
+    sdk: FabstirSDK, job_id: int, patience: float = 5.0
+) -> list[ChainTransaction]:
+    """The job's session transactions once the host's settlement is among them (the SDK follows the
+    chain about once a second), or what is known after ``patience`` seconds."""
+    client = (sdk.get_address() or "").lower()
+    deadline = time.monotonic() + patience
+    while True:
+        transactions = await sdk.get_job_transactions(job_id)
+        settled = any(tx.sender.lower() != client for tx in transactions)
+        if not transactions or settled or time.monotonic() >= deadline:
+            return transactions
+        await asyncio.sleep(0.2)
+
+
 async def _demo_job(
     state: _State,
     mock: bool,
@@ -391,9 +407,18 @@ async def _demo_job(
         cost = await sdk.calculate_actual_cost(handle.job_id)
         payment = await sdk.get_payment_details(handle.job_id)
         escrowed = sdk.config.mode == "mock" or sdk.config.chain.escrow
-        gas = sdk.get_gas_spent()
-        if gas is not None:
-            note(f"client gas: {gas / 1e9:g} gwei (opening the session)", gas_wei=gas)
+        transactions = await _settled_transactions(sdk, handle.job_id)
+        client = sdk.get_address()
+        for tx in transactions:
+            who = "client" if client is not None and tx.sender.lower() == client.lower() else "host"
+            note(
+                f"tx {tx.tx_hash[:14]}…  {who} {tx.description}: gas {tx.gas_used:,} "
+                f"({tx.gas_cost / 1e9:g} gwei)",
+                tx_hash=tx.tx_hash,
+                sender=tx.sender,
+                gas_used=tx.gas_used,
+                gas_wei=tx.gas_cost,
+            )
         if not escrowed:
             note(
                 f"receipts signed for {payment.acknowledged_tokens} tokens "
@@ -419,6 +444,16 @@ async def _demo_job(
                         "token": cost.payment_token,
                     },
                     "payment_status": payment.status.value,
+                    "transactions": [
+                        {
+                            "description": tx.description,
+                            "tx_hash": tx.tx_hash,
+                            "sender": tx.sender,
+                            "gas_used": tx.gas_used,
+                            "gas_cost": tx.gas_cost,
+                        }
+                        for tx in transactions
+                    ],
                     "metrics": {
                         "tokens": metrics.tokens_received,
                         "tokens_per_second": metrics.tokens_per_second,

@@ -68,6 +68,7 @@ class ChainFollower:
         self._on_state = on_state
         self._on_reorg = on_reorg
         self._states: dict[str, SessionState] = {}
+        self._seen: dict[str, list[SessionEvent]] = {}  # confirmed events per session, in chain order
         self._task: asyncio.Task[None] | None = None
 
     def follow(self, session_ids: Iterable[str]) -> None:
@@ -79,6 +80,10 @@ class ChainFollower:
 
     def state(self, session_id: str) -> SessionState | None:
         return self._states.get(session_id.lower())
+
+    def events(self, session_id: str) -> list[SessionEvent]:
+        """The confirmed events of ``session_id`` so far (those a reorg retracted are gone)."""
+        return list(self._seen.get(session_id.lower(), ()))
 
     def set_state(self, session_id: str, state: SessionState) -> None:
         """What the contract says now (after a reorg, the consumer re-reads the session)."""
@@ -108,12 +113,16 @@ class ChainFollower:
 
     async def _deliver(self, item: SessionEvent | ChainReorg) -> None:
         if isinstance(item, ChainReorg):
+            gone = {(event.transaction_hash, event.log_index) for event in item.retracted}
+            for events in self._seen.values():
+                events[:] = [e for e in events if (e.transaction_hash, e.log_index) not in gone]
             sessions = frozenset(event.session_id.lower() for event in item.retracted) & set(self._states)
             await self._on_reorg(item, sessions)  # the consumer re-reads them (and calls set_state)
             return
         key = item.session_id.lower()
         if key not in self._states:
             return
+        self._seen.setdefault(key, []).append(item)
         state = fold_event(self._states[key], item)
         if state != self._states[key]:
             self._states[key] = state

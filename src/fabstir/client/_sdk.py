@@ -38,6 +38,7 @@ from .._exceptions import (
     ValidationError,
 )
 from .._models import (
+    ChainTransaction,
     CostBreakdown,
     CostEstimate,
     JobDetails,
@@ -102,6 +103,12 @@ class _Job:
     refund_reported: bool = False  # payment:refunded was emitted
 
 
+#: The session events whose transactions get_job_transactions lists, and what each did.
+_EVENT_TRANSACTIONS = {
+    "Settled": "settling a receipt",
+    "SessionClosed": "closing a session",
+    "Reclaimed": "reclaiming a session",
+}
 #: Seconds between the chain follower's polls of the contract's logs.
 _CHAIN_POLL_INTERVAL = 1.0
 #: How long request_refund waits for a host to close the session of a failed or cancelled job.
@@ -1281,6 +1288,27 @@ class FabstirSDK:
             payment_token=record.session.token if record.session else record.request.payment_token,
             fee_basis_points=ledger.fee_basis_points,
         )
+
+    async def get_job_transactions(self, job: JobRef) -> list[ChainTransaction]:
+        """The on-chain transactions of the job's payment session, oldest first: the client's approval (an
+        ERC-20 deposit) and open, then the host's settlements and close (or the client's reclaim) as far
+        as the SDK has seen them confirmed. A session that carries several jobs lists the same
+        transactions for each. Empty in mock mode and without escrow (nothing goes on chain)."""
+        record = self._job(job)
+        ledger: Any = self._ledger  # a Web3Ledger whenever there is a follower
+        if record.session is None or self._follower is None or not hasattr(ledger, "opening_transactions"):
+            return []
+        session_id = record.session.session_id
+        found = list(ledger.opening_transactions(session_id))
+        described: dict[str, str] = {}  # tx hash → what it did (a close with a final receipt also settles)
+        for event in self._follower.events(session_id):
+            description = _EVENT_TRANSACTIONS.get(event.name)
+            if description is not None:
+                earlier = described.get(event.transaction_hash)
+                described[event.transaction_hash] = f"{earlier} and {description}" if earlier else description
+        for tx_hash, description in described.items():
+            found.append(await ledger.transaction(tx_hash, description))
+        return found
 
     async def approve_job_payment(self, job: JobRef) -> PaymentDetails:
         """Waits for the job to end and for its settlement to be observed on the ledger."""
