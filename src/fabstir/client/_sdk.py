@@ -1043,7 +1043,8 @@ class FabstirSDK:
 
     def _watch_settlement(self, job: _Job) -> None:
         """Follows the job's session on the ledger in the background (owned by the SDK)."""
-        if job.session is not None and job.settlement is None and self._require_ledger().escrowed:
+        ledger = self._ledger  # (also while disconnecting: the job's money still matters)
+        if job.session is not None and job.settlement is None and ledger is not None and ledger.escrowed:
             job.settlement = asyncio.create_task(
                 self._observe_settlement(job), name=f"fabstir-settlement-{job.job_id}"
             )
@@ -1087,8 +1088,10 @@ class FabstirSDK:
 
     def _record_settlement(self, job: _Job, session: SessionInfo, end: int) -> None:
         """Records what the ledger says about ``job``'s share of ``session`` and emits the payment events
-        (each once)."""
-        ledger = self._require_ledger()
+        (each once). Also while disconnecting: a settlement observed then is still the job's."""
+        ledger = self._ledger
+        if ledger is None:
+            return
         previous_settled = job.settled
         job.session = session
         share = max(0, min(session.settled, end) - job.base_amount)
@@ -1149,7 +1152,9 @@ class FabstirSDK:
         """Blocks were replaced (``reorg``; ``None``: deeper than the watcher remembers): re-read the
         sessions whose events were retracted and correct each job whose payment we believed otherwise —
         the chain wins, and ``state:conflict`` says what changed."""
-        ledger = self._require_ledger()
+        ledger = self._ledger
+        if ledger is None:
+            return
         self._events.emit(
             EventName.CHAIN_REORG,
             fork_block=reorg.fork_block if reorg else None,
