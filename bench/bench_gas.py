@@ -2,6 +2,9 @@
 one session carries 1, 10 or 100 jobs, beside the 215,034 gas of a plain per-job escrow (post + claim +
 complete, measured before the project started: FINDINGS.md).
 
+First, each operation alone, for ETH and for the USDC-like ERC-20 (whose open needs an ``approve``
+first): open, settle, close, and reclaim after expiry by a client whose host never settled.
+
 Two ways a host can settle a session of N jobs: **per job** (a `settle` after each job, `close` after
 the last) or **batched** (one `close` with the latest receipt after the last job). Each job is 100
 tokens at 1 gwei; the deposit covers all N jobs. Gas is exact (deterministic), so one run suffices.
@@ -21,7 +24,7 @@ from typing import Any
 from _procs import machine_info
 from eth_account.signers.local import LocalAccount
 
-from fabstir.chain._deploy import deploy_contracts
+from fabstir.chain._deploy import Deployer, deploy_contracts
 from fabstir.chain._embedded import EmbeddedChain
 from fabstir.chain._web3 import Web3Ledger
 from fabstir.protocol import sign_receipt
@@ -42,6 +45,55 @@ async def _last_gas_used(ledger: Web3Ledger, sender: str) -> int:
             receipt = await w3.eth.get_transaction_receipt(tx["hash"])
             return int(receipt["gasUsed"])
     raise RuntimeError(f"no transaction from {sender} in the latest block")
+
+
+def _last_gas(ledger: Web3Ledger, sender: str) -> int:
+    """Gas used by the latest transaction this ledger sent from ``sender``."""
+    return ledger.transactions(sender)[-1].gas_used
+
+
+async def _operations(
+    ledger: Web3Ledger, chain: EmbeddedChain, client: LocalAccount, host: LocalAccount, token: str
+) -> dict[str, int]:
+    """open, approve (ERC-20), settle and close one session; open another and reclaim it after expiry."""
+    job_amount = TOKENS_PER_JOB * PRICE
+    ops: dict[str, int] = {}
+    before = len(ledger.transactions(client.address))
+    session = await ledger.open_session(
+        client,
+        host=host.address,
+        token=token,
+        deposit=2 * job_amount,
+        price_per_token=PRICE,
+        expiry=await ledger.timestamp() + 3600,
+    )
+    sent = ledger.transactions(client.address)[before:]
+    ops["approve"] = sum(t.gas_used for t in sent if "approv" in t.description)
+    ops["open"] = _last_gas(ledger, client.address)
+
+    def receipt(amount: int) -> bytes:
+        return sign_receipt(
+            client,
+            chain_id=ledger.chain_id,
+            verifying_contract=ledger.verifying_contract,
+            session_id=session.session_id,
+            amount=amount,
+        )
+
+    ops["settle"] = (await ledger.settle(host, session.session_id, job_amount, receipt(job_amount))).gas_used
+    final = 2 * job_amount
+    ops["close"] = (await ledger.close(host, session.session_id, final, receipt(final))).gas_used
+    abandoned = await ledger.open_session(
+        client,
+        host=host.address,
+        token=token,
+        deposit=job_amount,
+        price_per_token=PRICE,
+        expiry=await ledger.timestamp() + 60,
+    )
+    chain.advance_time(120)
+    ops["reclaim"] = (await ledger.reclaim(client, abandoned.session_id)).gas_used
+    return ops
 
 
 async def _session(
@@ -96,6 +148,9 @@ async def main() -> None:
     with EmbeddedChain() as chain:
         deployer, client, host, *_ = chain.accounts
         deployment = await deploy_contracts(chain.url, deployer, treasury="0x" + "fe" * 20)
+        async with Deployer(chain.url, deployer) as faucet:
+            assert deployment.token is not None
+            await faucet.mint(deployment.token, client.address, 10**24)
         ledger = await Web3Ledger.connect(
             chain.url,
             payment_sessions=deployment.payment_sessions,
@@ -103,6 +158,11 @@ async def main() -> None:
             tokens=deployment.tokens,
         )
         try:
+            # Warm first (the client's nonce slot, the treasury's first payment), so that the table
+            # shows each operation's steady cost.
+            for token in ("ETH", "USDC"):
+                await _operations(ledger, chain, client, host, token)
+            operations = {token: await _operations(ledger, chain, client, host, token) for token in ("ETH", "USDC")}
             rows: dict[str, Any] = {}
             for token in ("ETH",):
                 for batched in (False, True):
@@ -116,12 +176,22 @@ async def main() -> None:
         "machine": machine_info(),
         "plain_escrow_per_job": PLAIN_ESCROW_PER_JOB,
         "tokens_per_job": TOKENS_PER_JOB,
+        "operations": operations,
         "sessions": rows,
         "seconds": time.monotonic() - started,
         "command": "python bench/bench_gas.py",
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    print("| token | approve | open | settle | close | reclaim (after expiry) |")
+    print("|---|---|---|---|---|---|")
+    for token, ops in operations.items():
+        approve = f"{ops['approve']:,}" if ops["approve"] else "—"
+        print(
+            f"| {token} | {approve} | {ops['open']:,} | {ops['settle']:,} | {ops['close']:,} | "
+            f"{ops['reclaim']:,} |"
+        )
+    print()
     print(
         "| settlement | jobs per session | open | settles | close | total | gas per job | vs plain escrow |"
     )
