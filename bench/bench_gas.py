@@ -162,7 +162,9 @@ async def main() -> None:
             # shows each operation's steady cost.
             for token in ("ETH", "USDC"):
                 await _operations(ledger, chain, client, host, token)
-            operations = {token: await _operations(ledger, chain, client, host, token) for token in ("ETH", "USDC")}
+            operations = {
+                token: await _operations(ledger, chain, client, host, token) for token in ("ETH", "USDC")
+            }
             rows: dict[str, Any] = {}
             for token in ("ETH",):
                 for batched in (False, True):
