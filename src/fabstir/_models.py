@@ -210,6 +210,9 @@ class ChainTransaction:
 
 @dataclass(frozen=True, slots=True)
 class PaymentDetails:
+    """A job's payment. ``legs``: when the job failed over, each host's part (its own session), the failed
+    hosts first — and then the amounts here are the totals over them; empty otherwise."""
+
     job_id: int
     session_id: str | None
     status: PaymentStatus
@@ -221,6 +224,7 @@ class PaymentDetails:
     refunded_amount: int
     host_address: str | None
     client_address: str | None
+    legs: tuple[PaymentDetails, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

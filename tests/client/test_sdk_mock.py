@@ -375,7 +375,8 @@ async def test_submit_job_with_negotiation_and_retry_succeed(sdk: FabstirSDK) ->
 
 
 async def test_submit_job_with_retry_retries_a_dropping_host_and_reports_it() -> None:
-    """A retryable failure is retried on another host (on_retry is told); a non-retryable one is not."""
+    """With failover off, a retryable failure is retried as a new job on another host (on_retry is told);
+    a non-retryable one is not."""
     from fabstir import RetryConfig
 
     retries: list[int] = []
@@ -387,6 +388,7 @@ async def test_submit_job_with_retry_retries_a_dropping_host_and_reports_it() ->
         mock=MockConfig(seed=2, hosts=hosts),
         selection_strategy="price",
         retry=RetryConfig(max_retries=2, initial_delay=0.001, max_delay=0.002, jitter=0.0),
+        recovery={"failover": False},
     ) as client:
         handle = await client.submit_job_with_retry(
             prompt="retry", model=MODEL, max_tokens=20, on_retry=lambda err, n, delay: retries.append(n)

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
@@ -28,19 +28,23 @@ from .._exceptions import (
     ConfigurationError,
     DiscoveryError,
     FabstirError,
+    HostError,
     InvalidStateError,
     JobNotFoundError,
     NoNodesAcceptedError,
     NotConnectedError,
     PaymentError,
     RefundNotAllowedError,
+    RemoteProtocolError,
     TimeoutError,
+    TransportError,
     ValidationError,
 )
 from .._models import (
     ChainTransaction,
     CostBreakdown,
     CostEstimate,
+    FinishReason,
     JobDetails,
     JobRequest,
     JobStatus,
@@ -101,6 +105,9 @@ class _Job:
     base_amount: int = 0  # the session's cumulative amount before this job (sessions carrying several jobs)
     closes_session: bool = True  # the host closes the session after this job (its last, or only, job)
     refund_reported: bool = False  # payment:refunded was emitted
+    #: the hosts that failed this job before the current one, oldest first: each a record of that host's
+    #: part (host, session, runner, payment), with ``error`` saying how it failed
+    legs: list[_Job] = field(default_factory=list)
 
 
 #: The session events whose transactions get_job_transactions lists, and what each did.
@@ -825,38 +832,29 @@ class FabstirSDK:
 
     # ------------------------------------------------------------------------------------------ the job flow
     async def _run_job(self, job: _Job, *, preferred: str | None, exclude: Sequence[str] = ()) -> None:
+        """The whole job inside one overall deadline: discover → negotiate → pay → stream, and — when a host
+        fails — failover to another host that continues the same completion from the tokens delivered."""
         req = job.request
+        avoid = list(exclude)
         try:
             async with asyncio.timeout(self.config.timeouts.overall):
-                nodes = await self.discover_nodes(
-                    model=req.model,
-                    max_price=req.max_price_per_token,
-                    payment_token=req.payment_token,
-                    preferred=[preferred] if preferred else (),
-                    exclude=exclude,
-                )
-                if not nodes:
-                    limit = (
-                        f" at or below {req.max_price_per_token} per token"
-                        if req.max_price_per_token is not None
-                        else ""
-                    )
-                    raise DiscoveryError(f"no live host serves model {req.model}{limit}", job_id=job.job_id)
-                offers, rejections = await self._negotiate(job, req, nodes[: self.config.negotiation_fanout])
-                job.rejections = rejections
-                if not offers:
-                    reasons = sorted({r.reason for r in rejections})
-                    raise NoNodesAcceptedError(
-                        "No nodes accepted the job",
-                        reason=reasons[0] if len(reasons) == 1 else "error",
-                        job_id=job.job_id,
-                        context={"rejections": [(r.node.peer_id, r.reason, r.message) for r in rejections]},
-                    )
-                chosen, others = offers[0], offers[1:]
-                for other in others:
-                    await decline(other.channel)
-                await self._execute(job, chosen)
+                while True:
+                    delivered = len(job.buffer.tokens)
+                    if delivered >= req.max_tokens:  # the failed host had delivered everything asked for
+                        self._complete_delivered(job)
+                        return
+                    try:
+                        await self._attempt(job, preferred=None if job.legs else preferred, exclude=avoid)
+                        return
+                    except FabstirError as exc:
+                        if not self._can_fail_over(job, exc):
+                            raise
+                        assert job.host is not None
+                        avoid.append(job.host)
+                        self._retire_leg(job, exc)
+                        self._counters["failovers"] += 1
         except asyncio.CancelledError:
+            self._watch_settlement(job)
             self._fail(
                 job, CancelledError(f"Job {job.job_id} was cancelled", job_id=job.job_id), cancelled=True
             )
@@ -871,14 +869,139 @@ class FabstirSDK:
                     job_id=job.job_id,
                 )
             )
+            self._watch_settlement(job)
             self._fail(job, error)
         except FabstirError as exc:
             if exc.job_id is None:
                 exc.job_id = job.job_id
+            failed_host = job.legs[-1].error if job.legs and job.host is None else None
+            if failed_host is not None:
+                # a failover found no replacement: the job fails with the host's error (which says what
+                # happened), and the search's error says why nobody took over
+                failed_host.context = MappingProxyType({**failed_host.context, "failover": str(exc)})
+                exc = failed_host
+            self._watch_settlement(job)
             self._fail(job, exc, cancelled=job.cancel_requested)
         except Exception as exc:  # a bug: still end the job cleanly and say so
             _log.exception("job %s crashed", job.job_id)
             self._fail(job, FabstirError(f"internal error: {exc!r}", job_id=job.job_id))
+
+    async def _attempt(self, job: _Job, *, preferred: str | None, exclude: Sequence[str]) -> None:
+        """One host's turn: discover, negotiate (continuing the tokens delivered so far, after a failover),
+        pay and stream."""
+        req = job.request
+        delivered = len(job.buffer.tokens)
+        nodes = await self.discover_nodes(
+            model=req.model,
+            max_price=req.max_price_per_token,
+            payment_token=req.payment_token,
+            preferred=[preferred] if preferred else (),
+            exclude=exclude,
+        )
+        if not nodes:
+            limit = (
+                f" at or below {req.max_price_per_token} per token"
+                if req.max_price_per_token is not None
+                else ""
+            )
+            raise DiscoveryError(f"no live host serves model {req.model}{limit}", job_id=job.job_id)
+        offers, rejections = await self._negotiate(
+            job,
+            req,
+            nodes[: self.config.negotiation_fanout],
+            continuation=job.buffer.text if delivered else "",
+            first=delivered,
+        )
+        job.rejections = rejections
+        if not offers:
+            reasons = sorted({r.reason for r in rejections})
+            raise NoNodesAcceptedError(
+                "No nodes accepted the job",
+                reason=reasons[0] if len(reasons) == 1 else "error",
+                job_id=job.job_id,
+                context={"rejections": [(r.node.peer_id, r.reason, r.message) for r in rejections]},
+            )
+        chosen, others = offers[0], offers[1:]
+        for other in others:
+            await decline(other.channel)
+        if job.legs:
+            failed = job.legs[-1]
+            error = failed.error
+            self._events.emit(
+                EventName.JOB_FAILOVER,
+                job_id=job.job_id,
+                from_node=failed.host,
+                to_node=chosen.node.peer_id,
+                delivered=delivered,
+                error=str(error) if error else None,
+                code=error.code.value if error else None,
+                failover=len(job.legs),
+            )
+        await self._execute(job, chosen)
+
+    def _can_fail_over(self, job: _Job, error: FabstirError) -> bool:
+        """Whether a failure is the host's (it crashed, hung, reset, reported an error, or was caught
+        lying) and another host may take the job over: failover on, attempts left, not cancelled."""
+        recovery = self.config.recovery
+        if not recovery.failover or job.cancel_requested or job.host is None or job.runner is None:
+            return False
+        if len(job.legs) >= recovery.max_failovers:
+            return False
+        if isinstance(error, TimeoutError):
+            return error.phase in ("first_token", "inter_token")
+        return isinstance(error, TransportError | HostError | RemoteProtocolError)
+
+    def _retire_leg(self, job: _Job, error: FabstirError) -> None:
+        """Ends the failed host's part of ``job``: a record of it (host, session, what it was paid for) goes
+        to ``job.legs`` and its settlement is followed on its own; the job starts afresh on another host."""
+        leg = dataclasses.replace(
+            job, error=error, legs=[], task=None, settlement=None, done=asyncio.Event(), closes_session=True
+        )
+        leg.done.set()
+        job.legs.append(leg)
+        self._watch_settlement(leg)
+        job.host = None
+        job.price_per_token = None
+        job.session = None
+        job.runner = None
+        job.outcome = None
+        job.payment_status = PaymentStatus.NONE
+        job.settled = job.refunded = job.base_amount = 0
+        job.closes_session = True
+        job.refund_reported = False
+        _log.info(
+            "job %s: host %s failed after %d tokens (%s); failing over",
+            job.job_id,
+            leg.host,
+            len(job.buffer.tokens),
+            error,
+        )
+
+    def _complete_delivered(self, job: _Job) -> None:
+        """A host failed after delivering every token the job asked for: the job is complete."""
+        summary = StreamSummary(
+            total_tokens=len(job.buffer.tokens),
+            duration=job.buffer.metrics().elapsed,
+            finish_reason=FinishReason.LENGTH,
+            text=job.buffer.text,
+            prompt_tokens=0,
+            completion_tokens=len(job.buffer.tokens),
+        )
+        job.host = job.legs[-1].host if job.legs else None
+        job.buffer.finish(summary)
+        self._events.emit(
+            EventName.STREAM_END,
+            job_id=job.job_id,
+            node_id=job.host,
+            total_tokens=summary.total_tokens,
+            finish_reason=summary.finish_reason.value,
+        )
+        self._set_status(job, JobStatus.COMPLETED)
+        self._counters["jobs_completed"] += 1
+        self._events.emit(
+            EventName.JOB_COMPLETED, job_id=job.job_id, node_id=job.host, tokens=summary.total_tokens
+        )
+        job.done.set()
 
     async def _execute(self, job: _Job, chosen: OfferInHand) -> None:
         ledger = self._require_ledger()
@@ -893,7 +1016,7 @@ class FabstirSDK:
             price_per_token=offer.price_per_token,
             estimated_time_ms=offer.estimated_time_ms,
         )
-        cost = max_cost(job.request.max_tokens, offer.price_per_token)
+        cost = max_cost(job.request.max_tokens - len(job.buffer.tokens), offer.price_per_token)
         pool = self._session_pool
         pooled = (
             pool.take(
@@ -973,7 +1096,8 @@ class FabstirSDK:
             keep_open=not job.closes_session,
         )
         job.runner = runner
-        self._set_status(job, JobStatus.CLAIMED)
+        if job.status is not JobStatus.PROCESSING:  # (after a failover the job goes on streaming)
+            self._set_status(job, JobStatus.CLAIMED)
         self._events.emit(EventName.JOB_CLAIMED, job_id=job.job_id, node_id=job.host)
         if job.cancel_requested:
             await runner.cancel()
@@ -984,7 +1108,6 @@ class FabstirSDK:
             self._events.emit(EventName.NODE_FAILURE, job_id=job.job_id, node_id=job.host, error=str(exc))
             self._discovery_invalidate(job.host)
             job.closes_session = True  # a host closes the session of a failed job
-            self._watch_settlement(job)
             raise
         job.outcome = outcome
         if outcome.usage_mismatch:
@@ -1000,6 +1123,8 @@ class FabstirSDK:
         else:
             self._reliability.record_success(job.host)
         summary = runner.summary(outcome)
+        if job.legs:  # the completion spans every host that worked on it
+            summary = dataclasses.replace(summary, completion_tokens=summary.total_tokens)
         job.buffer.finish(summary)
         self._events.emit(
             EventName.STREAM_END,
@@ -1125,12 +1250,14 @@ class FabstirSDK:
             )
 
     def _jobs_on_session(self, session_id: str) -> list[_Job]:
-        """The ended jobs paid by ``session_id`` (the chain only matters for them once they ended)."""
+        """The ended jobs — and the failed hosts' parts of jobs that failed over — paid by ``session_id``
+        (the chain only matters for them once they ended)."""
         key = session_id.lower()
         return [
-            job
+            leg
             for job in self._jobs.values()
-            if job.session is not None and job.session.session_id.lower() == key and job.done.is_set()
+            for leg in (*job.legs, job)
+            if leg.session is not None and leg.session.session_id.lower() == key and leg.done.is_set()
         ]
 
     def _job_end_amount(self, job: _Job) -> int:
@@ -1241,7 +1368,24 @@ class FabstirSDK:
 
     # ------------------------------------------------------------------------------------------ payments
     async def get_payment_details(self, job: JobRef) -> PaymentDetails:
+        """The job's payment. A job that failed over paid each host from its own session: ``legs`` lists
+        each host's part (the failed ones first), and the amounts here are their totals; ``session_id``,
+        ``host_address`` and ``status`` are the last host's."""
         record = self._job(job)
+        last = self._leg_payment(record)
+        if not record.legs:
+            return last
+        legs = (*(self._leg_payment(leg) for leg in record.legs), last)
+        return dataclasses.replace(
+            last,
+            deposit=sum(p.deposit for p in legs),
+            acknowledged_tokens=sum(p.acknowledged_tokens for p in legs),
+            settled_amount=sum(p.settled_amount for p in legs),
+            refunded_amount=sum(p.refunded_amount for p in legs),
+            legs=legs,
+        )
+
+    def _leg_payment(self, record: _Job) -> PaymentDetails:
         session = record.session
         runner = record.runner
         return PaymentDetails(
@@ -1267,8 +1411,23 @@ class FabstirSDK:
     async def calculate_actual_cost(self, job: JobRef) -> CostBreakdown:
         """What the job cost: tokens acknowledged × price, split host / treasury, and what was (or will be)
         refunded. A job on a session that carries more jobs leaves the rest of the deposit in the session
-        (``refunded`` 0); the job after which the session closes gets its refund."""
+        (``refunded`` 0); the job after which the session closes gets its refund. A job that failed over
+        sums every host's part (``price_per_token`` is the last host's)."""
         record = self._job(job)
+        parts = [self._leg_cost(leg) for leg in (*record.legs, record)]
+        last = parts[-1]
+        if len(parts) == 1:
+            return last
+        return dataclasses.replace(
+            last,
+            tokens=sum(p.tokens for p in parts),
+            total=sum(p.total for p in parts),
+            host=sum(p.host for p in parts),
+            treasury=sum(p.treasury for p in parts),
+            refunded=sum(p.refunded for p in parts),
+        )
+
+    def _leg_cost(self, record: _Job) -> CostBreakdown:
         ledger = self._require_ledger()
         price = record.price_per_token or 0
         tokens = record.runner.acknowledged if record.runner else 0
@@ -1279,7 +1438,7 @@ class FabstirSDK:
         deposit = record.session.deposit if record.session else 0
         if record.session is not None and record.session.closed and record.closes_session:
             refunded = record.refunded
-        elif record.closes_session:
+        elif record.closes_session and record.session is not None:
             refunded = deposit - base - total
         else:
             refunded = 0
@@ -1298,28 +1457,39 @@ class FabstirSDK:
         """The on-chain transactions of the job's payment session, oldest first: the client's approval (an
         ERC-20 deposit) and open, then the host's settlements and close (or the client's reclaim) as far
         as the SDK has seen them confirmed. A session that carries several jobs lists the same
-        transactions for each. Empty in mock mode and without escrow (nothing goes on chain)."""
+        transactions for each; a job that failed over lists each host's session in turn. Empty in mock
+        mode and without escrow (nothing goes on chain)."""
         record = self._job(job)
         ledger: Any = self._ledger  # a Web3Ledger whenever there is a follower
-        if record.session is None or self._follower is None or not hasattr(ledger, "opening_transactions"):
+        if self._follower is None or not hasattr(ledger, "opening_transactions"):
             return []
-        session_id = record.session.session_id
-        found = list(ledger.opening_transactions(session_id))
-        described: dict[str, str] = {}  # tx hash → what it did (a close with a final receipt also settles)
-        for event in self._follower.events(session_id):
-            description = _EVENT_TRANSACTIONS.get(event.name)
-            if description is not None:
-                earlier = described.get(event.transaction_hash)
-                described[event.transaction_hash] = f"{earlier} and {description}" if earlier else description
-        for tx_hash, description in described.items():
-            found.append(await ledger.transaction(tx_hash, description))
+        found: list[ChainTransaction] = []
+        for leg in (*record.legs, record):
+            if leg.session is None:
+                continue
+            session_id = leg.session.session_id
+            found.extend(ledger.opening_transactions(session_id))
+            described: dict[
+                str, str
+            ] = {}  # tx hash → what it did (a close with a final receipt also settles)
+            for event in self._follower.events(session_id):
+                description = _EVENT_TRANSACTIONS.get(event.name)
+                if description is not None:
+                    earlier = described.get(event.transaction_hash)
+                    described[event.transaction_hash] = (
+                        f"{earlier} and {description}" if earlier else description
+                    )
+            for tx_hash, description in described.items():
+                found.append(await ledger.transaction(tx_hash, description))
         return found
 
     async def approve_job_payment(self, job: JobRef) -> PaymentDetails:
-        """Waits for the job to end and for its settlement to be observed on the ledger."""
+        """Waits for the job to end and for its settlement to be observed on the ledger (every host's, when
+        the job failed over)."""
         record = self._job(job)
         await record.done.wait()
-        await self._settlement_observed(record)
+        for leg in (*record.legs, record):
+            await self._settlement_observed(leg)
         return await self.get_payment_details(record.job_id)
 
     async def request_refund(self, job: JobRef) -> PaymentDetails:
@@ -1331,25 +1501,62 @@ class FabstirSDK:
                 "Refund only available for failed or cancelled jobs", job_id=record.job_id
             )
         ledger = self._require_ledger()
-        if record.session is None or not ledger.escrowed:  # nothing was deposited, nothing to refund
+        if not ledger.escrowed:  # nothing was deposited, nothing to refund
             return await self.get_payment_details(record.job_id)
         # A live host settles and refunds on its own once the job ends: give it a moment, not forever (a
-        # dead host never will, and then only the expiry helps).
-        await self._settlement_observed(record, timeout=_REFUND_PATIENCE)
-        session = await ledger.get_session(record.session.session_id)
+        # dead host never will, and then only the expiry helps). Every host's session of the job counts.
+        waiting = [
+            expiry
+            for leg in (*record.legs, record)
+            if (expiry := await self._reclaim_leg(leg, patience=_REFUND_PATIENCE)) is not None
+        ]
+        if waiting:
+            raise PaymentError(
+                f"a session of job {record.job_id} is still open; its host may settle until it expires at "
+                f"{max(waiting):.0f}, after which the deposit can be reclaimed",
+                job_id=record.job_id,
+                retryable=True,
+            )
+        return await self.get_payment_details(record.job_id)
+
+    async def reclaim_expired_sessions(self) -> list[PaymentDetails]:
+        """Reclaims the deposit of every session of this SDK's jobs that its host left open past its expiry
+        — typically a host that died mid-job, whose job then went on elsewhere — and returns the payments
+        that changed. Sessions not yet expired are left to their hosts."""
+        ledger = self._require_ledger()
+        if not ledger.escrowed:
+            return []
+        now = await ledger.timestamp()
+        changed: list[PaymentDetails] = []
+        for record in list(self._jobs.values()):
+            if not record.done.is_set():
+                continue
+            touched = False
+            for leg in (*record.legs, record):
+                if leg.session is None or leg.session.closed or leg.session.expiry > now:
+                    continue
+                if await self._reclaim_leg(leg, patience=0.0) is None:
+                    touched = True
+            if touched:
+                changed.append(await self.get_payment_details(record.job_id))
+        return changed
+
+    async def _reclaim_leg(self, leg: _Job, *, patience: float) -> float | None:
+        """Waits up to ``patience`` s for the host to close ``leg``'s session, and reclaims it if it has
+        expired. Returns the expiry of a session still open (its host may settle until then), else None."""
+        ledger = self._require_ledger()
+        if leg.session is None:
+            return None
+        await self._settlement_observed(leg, timeout=patience)
+        session = await ledger.get_session(leg.session.session_id)
         if not session.closed:
             if session.expiry > await ledger.timestamp():  # the chain's clock decides, not ours
-                raise PaymentError(
-                    f"the session of job {record.job_id} is still open; the host may settle until it expires "
-                    f"at {session.expiry:.0f}, after which the deposit can be reclaimed",
-                    job_id=record.job_id,
-                    retryable=True,
-                )
+                return session.expiry
             await ledger.reclaim(self._require_account(), session.session_id)
-            await self._observe_settlement(record, patience=0.0)
-        if record.payment_status is PaymentStatus.RELEASED and record.refunded:
-            record.payment_status = PaymentStatus.REFUNDED
-        return await self.get_payment_details(record.job_id)
+            await self._observe_settlement(leg, patience=0.0)
+        if leg.payment_status is PaymentStatus.RELEASED and leg.refunded:
+            leg.payment_status = PaymentStatus.REFUNDED
+        return None
 
     # ------------------------------------------------------------------------------------------ health
     def get_node_reliability(self, peer_id: str) -> float:
@@ -1388,14 +1595,29 @@ class FabstirSDK:
         }
 
     def get_error_recovery_report(self) -> dict[str, Any]:
+        """What went wrong and what the SDK did about it: retries, failovers (which host failed how, after
+        how many tokens, and who took over), jobs that failed, hosts blacklisted now."""
         failures = [
             {"job_id": j.job_id, "host": j.host, "error": str(j.error), "code": j.error.code.value}
             for j in self._jobs.values()
             if j.error is not None
         ]
+        failovers = [
+            {
+                "job_id": job.job_id,
+                "from_node": leg.host,
+                "to_node": (job.legs[i + 1].host if i + 1 < len(job.legs) else job.host),
+                "delivered_by_failed_host": leg.runner.received if leg.runner else 0,
+                "error": str(leg.error),
+                "code": leg.error.code.value if leg.error else None,
+            }
+            for job in self._jobs.values()
+            for i, leg in enumerate(job.legs)
+        ]
         return {
             "retries": self._counters["retries"],
             "failovers": self._counters["failovers"],
+            "failover_details": failovers,
             "failures": failures,
             "blacklisted_nodes": sorted(self._reliability.blacklisted()),
         }

@@ -281,6 +281,9 @@ class FabstirSDKSync:
     def request_refund(self, job: JobRef | SyncJobHandle) -> PaymentDetails:
         return self._loop.run(self._sdk.request_refund(_ref(job)))
 
+    def reclaim_expired_sessions(self) -> list[PaymentDetails]:
+        return self._loop.run(self._sdk.reclaim_expired_sessions())
+
     # health
     def get_node_reliability(self, peer_id: str) -> float:
         return self._sdk.get_node_reliability(peer_id)

@@ -61,14 +61,19 @@ class FrameChannel:
 
     async def linger_close(self, timeout: float = 1.0) -> None:
         """Ends the stream without losing what we just wrote: close our side, let the peer read it and close
-        theirs (frames it still sends are discarded), then reset. A reset alone would drop unread data."""
+        theirs (frames it still sends are discarded); reset only if the peer does not finish in time. Once
+        both sides closed the stream is done — a reset then could still destroy our last frames in the
+        peer's buffer (a final receipt after the host's ``Error``), which the transports drop on reset."""
+        finished = False
         with contextlib.suppress(TransportError, TimeoutError):
             await self.stream.close()
             async with asyncio.timeout(timeout):
                 while await self.stream.read(_READ_SIZE):
                     pass
-        with contextlib.suppress(TransportError):
-            await self.stream.reset()
+                finished = True
+        if not finished:
+            with contextlib.suppress(TransportError):
+                await self.stream.reset()
 
     async def reset(self) -> None:
         with contextlib.suppress(TransportError):
