@@ -22,6 +22,7 @@ from fabstir import (
     MockHostSpec,
     PaymentStatus,
     TimeoutConfig,
+    TimeoutError,
     TransportError,
 )
 
@@ -217,3 +218,26 @@ async def test_cancelling_during_a_failover_does_not_start_another_host() -> Non
         await sdk.cancel_job(handle.job_id)
         assert await sdk.get_job_status(handle.job_id) == JobStatus.CANCELLED
         assert sdk.get_performance_metrics()["failovers"] == 0
+
+
+async def test_retries_and_failovers_share_one_overall_deadline() -> None:
+    """Hosts that never send a first token, with retries and failovers allowed: submit_job_with_retry
+    ends in a typed TimeoutError once the one overall deadline is spent — the attempts do not each get a
+    fresh deadline (which would multiply it)."""
+    from fabstir import RetryConfig
+
+    hosts = tuple(MockHostSpec(name=f"stuck{i}", first_token_delay=60.0) for i in range(4))
+    loop = asyncio.get_running_loop()
+    async with _market(
+        *hosts,
+        timeouts=TimeoutConfig(overall=1.5, first_token=0.4),
+        retry=RetryConfig(max_retries=10, initial_delay=0.01, max_delay=0.02, jitter=0.0),
+    ) as sdk:
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await sdk.submit_job_with_retry(prompt=PROMPT, model=MODEL, max_tokens=MAX_TOKENS)
+        elapsed = loop.time() - started
+        # a bound far above the deadline, only to tell "one deadline" from "a deadline per attempt"
+        # (4 hosts x 0.4 s first-token timeouts, x 11 attempts, would be well over 10 s)
+        assert elapsed < 6.0
+        assert sdk.get_performance_metrics()["jobs_failed"] >= 1

@@ -673,6 +673,18 @@ class FabstirSDK:
         :class:`ResponseStream` that owns the job: closing it early cancels the job). ``node`` prefers a
         host; ``exclude`` rules hosts out."""
         req = self._build_request(request, kwargs)
+        return self._submit(req, stream=stream, node=node, exclude=exclude, deadline=None)
+
+    def _submit(
+        self,
+        req: JobRequest,
+        *,
+        stream: bool = False,
+        node: str | None = None,
+        exclude: Sequence[str] = (),
+        deadline: float | None,
+    ) -> JobHandle:
+        """Starts a validated job; ``deadline`` (event-loop time) caps its overall deadline (retries)."""
         self._require_connected()
         now = time.time()
         job = _Job(
@@ -692,7 +704,8 @@ class FabstirSDK:
         )
         self._emit_status(job)
         job.task = asyncio.create_task(
-            self._run_job(job, preferred=node, exclude=exclude), name=f"fabstir-job-{job.job_id}"
+            self._run_job(job, preferred=node, exclude=exclude, deadline=deadline),
+            name=f"fabstir-job-{job.job_id}",
         )
         response = (
             ResponseStream(job.job_id, job.buffer, on_close=lambda: self.cancel_job(job.job_id))
@@ -722,27 +735,29 @@ class FabstirSDK:
         (``retry`` config) inside the overall deadline; hosts that failed are excluded from later attempts."""
         req = self._build_request(request, kwargs)
         loop = asyncio.get_running_loop()
-        deadline = self.config.timeouts.overall
-        started = loop.time()
+        overall = self.config.timeouts.overall
+        deadline = None if overall is None else loop.time() + overall  # one deadline for every attempt
         attempt = 0
         failed_hosts: list[str] = []
         while True:
             attempt += 1
-            handle = await self.submit_job(req, exclude=failed_hosts)
+            handle = self._submit(req, exclude=failed_hosts, deadline=deadline)
             try:
                 await self.wait_for_job_completion(handle.job_id)
                 return handle
             except FabstirError as error:
-                host = self._jobs[handle.job_id].host
-                if host is not None:
-                    failed_hosts.append(host)  # a host that failed is not asked again in this call
-                remaining = None if deadline is None else deadline - (loop.time() - started)
+                record = self._jobs[handle.job_id]
+                # hosts that failed (also those a failover left behind) are not asked again in this call
+                failed_hosts.extend(h for h in (*(leg.host for leg in record.legs), record.host) if h)
+                remaining = None if deadline is None else deadline - loop.time()
                 allowed = should_retry(error, attempt, self.config.retry, remaining)
                 if should_retry_hook is not None:
                     allowed = allowed and should_retry_hook(error, attempt)
                 if not allowed:
                     raise
                 delay = backoff_delay(attempt, self.config.retry, self._rng)
+                if remaining is not None:
+                    delay = min(delay, remaining)
                 self._counters["retries"] += 1
                 if on_retry is not None:
                     on_retry(error, attempt, delay)
@@ -831,13 +846,25 @@ class FabstirSDK:
         return sorted(self._jobs)
 
     # ------------------------------------------------------------------------------------------ the job flow
-    async def _run_job(self, job: _Job, *, preferred: str | None, exclude: Sequence[str] = ()) -> None:
+    async def _run_job(
+        self,
+        job: _Job,
+        *,
+        preferred: str | None,
+        exclude: Sequence[str] = (),
+        deadline: float | None = None,
+    ) -> None:
         """The whole job inside one overall deadline: discover → negotiate → pay → stream, and — when a host
         fails — failover to another host that continues the same completion from the tokens delivered."""
         req = job.request
         avoid = list(exclude)
+        loop = asyncio.get_running_loop()
+        overall = self.config.timeouts.overall
+        until = None if overall is None else loop.time() + overall
+        if deadline is not None:
+            until = deadline if until is None else min(until, deadline)
         try:
-            async with asyncio.timeout(self.config.timeouts.overall):
+            async with asyncio.timeout_at(until):
                 while True:
                     delivered = len(job.buffer.tokens)
                     if delivered >= req.max_tokens:  # the failed host had delivered everything asked for
