@@ -77,6 +77,7 @@ class ErrorCode(StrEnum):
     FRAME_TOO_LARGE = "frame_too_large"
     MALFORMED_FRAME = "malformed_frame"
     UNEXPECTED_FRAME = "unexpected_frame"
+    MODEL_MISMATCH = "model_mismatch"  # a RemoteProtocolError: the host serves another model than requested
     DISCOVERY = "discovery"
     HOST_REJECTED = "host_rejected"
     NO_NODES_ACCEPTED = "no_nodes_accepted"

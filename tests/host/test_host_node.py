@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -72,7 +72,13 @@ class Env:
     host_account: LocalAccount
     nodes: list[HostNode] = field(default_factory=list)
 
-    async def start_node(self, *, ledger: PaymentLedger | None = None, **overrides: Any) -> HostNode:
+    async def start_node(
+        self,
+        *,
+        ledger: PaymentLedger | None = None,
+        process_fault: Callable[[str], None] | None = None,
+        **overrides: Any,
+    ) -> HostNode:
         values: dict[str, Any] = {
             "models": (MODEL,),
             "prices": {MODEL: {"ETH": PRICE, "USDC": 3}},
@@ -86,6 +92,7 @@ class Env:
             ledger=ledger or self.ledger,
             backend=self.backend,
             account=self.host_account,
+            process_fault=process_fault,
         )
         self.nodes.append(node)
         await node.start()

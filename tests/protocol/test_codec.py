@@ -107,7 +107,7 @@ FRAME_STRATEGIES: dict[type[Frame], st.SearchStrategy[Any]] = {
     ),
     Reject: st.builds(Reject, job_id=ids, reason=short_text, message=short_text),
     Confirm: st.builds(Confirm, job_id=ids, session_id=ids),
-    TokenBatch: st.builds(TokenBatch, seq=uints, tokens=tokens),
+    TokenBatch: st.builds(TokenBatch, seq=uints, tokens=tokens, model=st.just("") | short_text),
     Receipt: st.builds(Receipt, session_id=ids, job_id=ids, tokens=uints, amount=uints, signature=signatures),
     End: st.builds(
         End,
@@ -136,6 +136,7 @@ SAMPLE_FRAMES: list[Frame] = [
     Confirm("job-1", SESSION),
     TokenBatch(0, ("Hel", "lo", " wor", "ld", "")),
     TokenBatch(5, tuple(f"tok{i}" for i in range(500))),
+    TokenBatch(505, ("!",), "llama-3.2-1b-instruct"),
     Receipt(SESSION, "job-1", 505, 505 * 2**70, bytes(range(65))),
     End("job-1", "stop", 12, 505, 505, bytes(32), bytes(64)),
     Error("payment", "the session does not pay for the offer", True),
@@ -604,6 +605,46 @@ def test_the_largest_allowed_values_encode() -> None:
     ]
     for frame in frames:
         assert decode_all(encode(frame)) == [frame]
+
+
+# -- TokenBatch.model (added after 1.0) ----------------------------------------------------------------
+
+
+def test_token_batch_model_round_trips_and_is_on_the_wire() -> None:
+    """A batch naming its model carries a ``model`` str field and decodes back with it."""
+    frame = TokenBatch(0, ("Hi",), "sim-model")
+    data = encode(frame)
+    assert msgpack.unpackb(data[1:]) == {"type": "tokens", "seq": 0, "tokens": ["Hi"], "model": "sim-model"}
+    assert decode_all(data) == [frame]
+
+
+def test_token_batch_without_model_is_the_1_0_frame() -> None:
+    """An empty model stays off the wire (the bytes of a 1.0 host), and a 1.0 frame without the field
+    decodes with ``model == ""``."""
+    data = encode(TokenBatch(3, ("a", "b")))
+    assert msgpack.unpackb(data[1:]) == {"type": "tokens", "seq": 3, "tokens": ["a", "b"]}
+    old = framed({"type": "tokens", "seq": 3, "tokens": ["a", "b"]})
+    assert old == data
+    assert decode_all(old) == [TokenBatch(3, ("a", "b"), "")]
+
+
+@pytest.mark.parametrize(
+    ("model", "problem"),
+    [(7, "must be a string"), (None, "must be a string"), ("m" * (MAX_FIELD_CHARS + 1), "longer than")],
+)
+def test_token_batch_model_is_checked_like_other_strings(model: Any, problem: str) -> None:
+    """``model`` must be a str of at most MAX_FIELD_CHARS (nil is not a string: absent means absent, as for
+    the other non-optional fields with a default); anything else is a malformed frame."""
+    data = framed({"type": "tokens", "seq": 0, "tokens": ["a"], "model": model})
+    with pytest.raises(RemoteProtocolError, match=problem) as info:
+        decode_all(data)
+    assert info.value.code is ErrorCode.MALFORMED_FRAME
+
+
+def test_encode_refuses_an_oversized_model() -> None:
+    """The sender checks the same limit before a peer would disconnect it."""
+    with pytest.raises(LocalProtocolError):
+        encode(TokenBatch(0, ("a",), "m" * (MAX_FIELD_CHARS + 1)))
 
 
 # -- the examples in docs/PROTOCOL.md --------------------------------------------------------------------

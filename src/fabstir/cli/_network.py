@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -14,9 +15,10 @@ import click
 from rich.table import Table
 
 from .._exceptions import ConfigurationError
+from .._models import RejectReason
 from ..devnet import BootstrapPeer, Devnet, DevnetOptions, default_devnet_dir, devnet_status, stop_devnet
 from ..devnet._file import write_json_atomically
-from ..host import HostService, HostServiceOptions
+from ..host import HostFaults, HostService, HostServiceOptions
 from ._main import _run, _State, cli
 
 __all__ = ["bootstrap", "devnet", "host"]
@@ -86,6 +88,38 @@ def _parse_prices(prices: tuple[str, ...]) -> tuple[int | None, dict[str, int]]:
 @cli.group()
 def host() -> None:
     """Run a host: serve a model to the marketplace."""
+
+
+def _fault_options(fn: Any) -> Any:
+    """The hidden ``--fault-*`` options of ``host run``: scripted misbehaviour for the real-process fault
+    tests (:class:`~fabstir.host.HostFaults`). Not for production hosts, hence hidden."""
+    count = click.IntRange(min=0)
+    options = [
+        click.option("--fault-kill-at-token", type=count, default=None, hidden=True),
+        click.option("--fault-stop-at-token", type=count, default=None, hidden=True),
+        click.option("--fault-drop-at-token", type=count, default=None, hidden=True),
+        click.option("--fault-error-at-token", type=count, default=None, hidden=True),
+        click.option("--fault-first-token-delay", type=click.FloatRange(min=0), default=None, hidden=True),
+        click.option("--fault-overclaim-tokens", type=count, default=None, hidden=True),
+        click.option("--fault-serve-model", default=None, hidden=True),
+        click.option(
+            "--fault-reject", type=click.Choice([r.value for r in RejectReason]), default=None, hidden=True
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _host_faults(**given: Any) -> HostFaults | None:
+    """The faults named by the ``--fault-*`` options that were given (``None``: a well-behaved host)."""
+    values = {name: value for name, value in given.items() if value is not None}
+    return HostFaults(**values) if values else None
+
+
+def _signal_self(signal_name: str) -> None:
+    """The host's process fault hook: the kill/stop faults crash or freeze this very process."""
+    os.kill(os.getpid(), signal.Signals[signal_name])
 
 
 def _announce_option(fn: Any) -> Any:
@@ -161,6 +195,7 @@ def _announce_option(fn: Any) -> Any:
     help="Seconds between status lines (load, jobs, tokens); 0 turns them off.",
 )
 @click.option("--ready-file", type=click.Path(path_type=Path), default=None, hidden=True)
+@_fault_options
 @_run
 async def host_run(
     state: _State,
@@ -191,6 +226,14 @@ async def host_run(
     ping_timeout: float,
     status_interval: float,
     ready_file: Path | None,
+    fault_kill_at_token: int | None,
+    fault_stop_at_token: int | None,
+    fault_drop_at_token: int | None,
+    fault_error_at_token: int | None,
+    fault_first_token_delay: float | None,
+    fault_overclaim_tokens: int | None,
+    fault_serve_model: str | None,
+    fault_reject: str | None,
 ) -> None:
     """Serve jobs until SIGTERM / Ctrl-C; jobs in flight end cleanly first."""
     if not status_interval >= 0:
@@ -223,9 +266,19 @@ async def host_run(
         ping_timeout=ping_timeout,
         settlement=settlement,
         session_idle_timeout=session_idle_timeout,
+        faults=_host_faults(
+            kill_at_token=fault_kill_at_token,
+            stop_at_token=fault_stop_at_token,
+            drop_at_token=fault_drop_at_token,
+            error_at_token=fault_error_at_token,
+            first_token_delay=fault_first_token_delay,
+            overclaim_tokens=fault_overclaim_tokens,
+            serve_model=fault_serve_model,
+            reject=fault_reject,
+        ),
         **extra,
     )
-    async with HostService(options) as service:
+    async with HostService(options, process_fault=_signal_self) as service:
         _announce(state, ready_file, service.describe(), "host serving")
         if not state.json:
             for model, price in service.config.prices.items():

@@ -92,6 +92,7 @@ class JobRunner:
         clock: Callable[[], float] = time.time,
         base_amount: int = 0,
         keep_open: bool = False,
+        model: str | None = None,
     ) -> None:
         self.job_key = job_key
         self.offer = offer
@@ -120,6 +121,7 @@ class JobRunner:
         #: the session's cumulative amount signed before this job (several jobs per session)
         self.base_amount = base_amount
         self._keep_open = keep_open
+        self._model = model  # the model requested; None: the host's TokenBatch.model is not checked
 
     @property
     def signed_amount(self) -> int:
@@ -180,7 +182,15 @@ class JobRunner:
                 case Error(code=ErrorCode.JOB_NOT_FOUND.value) if self._broken is not None:
                     # the host lost the job with the stream (it restarted, or dropped it): as if it crashed
                     raise self._broken
-                case TokenBatch(seq=seq, tokens=texts):
+                case TokenBatch(seq=seq, tokens=texts, model=served):
+                    if served and self._model is not None and served != self._model:
+                        # Not one token of another model is shown or paid for (docs/PROTOCOL.md).
+                        raise RemoteProtocolError(
+                            f"host {self.peer_id} serves model {served!r}, not the requested {self._model!r}",
+                            code=ErrorCode.MODEL_MISMATCH,
+                            node_id=self.peer_id,
+                            context={"requested_model": self._model, "served_model": served},
+                        )
                     self._broken = None
                     self._next_seq = seq + len(texts)
                     now = self._clock()

@@ -35,12 +35,15 @@ class Outcome(Enum):
     ENDED = "ended"  # End was sent (then the final receipt arrived, or its wait ran out)
     BROKEN = "broken"  # the client's side ended (EOF / reset) before End
     FAILED = "failed"  # an Error frame was sent (or the stream could not be written) and the stream reset
-    DROPPED = "dropped"  # the drop_at_token fault: EOF without End or Error, like a crashed host
+    DROPPED = "dropped"  # the drop_at_token / kill_at_token fault: EOF without End or Error, like a crash
     TAKEN_OVER = "taken_over"  # a resumed stream took the job over
 
 
 class StreamAttachment:
-    """Serves ``job`` on ``channel`` from local position ``start``; :meth:`run` returns the outcome."""
+    """Serves ``job`` on ``channel`` from local position ``start``; :meth:`run` returns the outcome.
+
+    ``process_fault`` is the node's hook for the kill/stop faults (see :class:`~fabstir.host.HostNode`).
+    """
 
     def __init__(
         self,
@@ -52,6 +55,7 @@ class StreamAttachment:
         sign: Callable[[bytes], bytes],
         chain_id: int,
         verifying_contract: str,
+        process_fault: Callable[[str], None] | None = None,
     ) -> None:
         self.channel = channel
         self.job = job
@@ -61,6 +65,7 @@ class StreamAttachment:
         self._sign = sign
         self._chain_id = chain_id
         self._verifying_contract = verifying_contract
+        self._process_fault = process_fault
         self._lock = asyncio.Lock()
         self._closed = False  # no more writes: an Error went out or the stream was reset
         self._final = asyncio.Event()  # after End: the last receipt arrived or the client closed
@@ -217,6 +222,15 @@ class StreamAttachment:
             if faults.error_at_token is not None and position >= faults.error_at_token:
                 await self._fail(ErrorCode.BACKEND, "simulated backend failure", retryable=True)
                 return
+            if faults.kill_at_token is not None and position >= faults.kill_at_token:
+                self._fire_process_fault("SIGKILL", position)
+                # Only reached in-process (or if the hook returns): the crash as far as this process can.
+                await self._fail(ErrorCode.INTERNAL, f"fault: killed after {position} tokens", silent=True)
+                return
+            if faults.stop_at_token is not None and position >= faults.stop_at_token:
+                self._fire_process_fault("SIGSTOP", position)
+                await self._hang()
+                return
             if job.stop_reason is not None and job.stop_reason != FinishReason.CANCELLED:
                 return  # only _fail stops an attached job for good, and it decides
             cancelled = job.stop_reason == FinishReason.CANCELLED
@@ -226,11 +240,18 @@ class StreamAttachment:
                     await asyncio.sleep(delay)
                     continue
                 limit = len(job.tokens)
-                for threshold in (faults.drop_at_token, faults.error_at_token):
+                for threshold in (
+                    faults.drop_at_token,
+                    faults.error_at_token,
+                    faults.kill_at_token,
+                    faults.stop_at_token,
+                ):
                     if threshold is not None:
                         limit = min(limit, threshold)
                 batch = take_batch(job.tokens, position, limit)
-                frame = TokenBatch(job.first_index + position, batch)
+                # The first batch of each stream says which model serves the job (docs/PROTOCOL.md).
+                model = job.model if position == self.start else ""
+                frame = TokenBatch(job.first_index + position, batch, model)
                 position += len(batch)
                 # Counted as sent before the write returns: the client may receive the batch and send a
                 # receipt for it before this task runs again, and that receipt must be acceptable.
@@ -248,6 +269,25 @@ class StreamAttachment:
                 await self._send_end(position)
                 return
             await job.wait_change()
+
+    def _fire_process_fault(self, signal_name: str, position: int) -> None:
+        """Calls the node's process fault hook, once per job (a resumed stream does not fire it again).
+        In ``fabstir host run`` it signals the process itself: SIGKILL never returns, SIGSTOP returns
+        when the process is continued."""
+        job = self.job
+        if job.process_faulted:
+            return
+        job.process_faulted = True
+        _log.warning("job %s: fault: %s after %d tokens", job.job_id, signal_name, position)
+        if self._process_fault is not None:
+            self._process_fault(signal_name)
+
+    async def _hang(self) -> None:
+        """The stop fault: the stream stays open and nothing more is sent, not even for a ``Cancel``, like
+        a frozen host. Generation stops (no slot is held); receipts are still read and honoured. The
+        reader decides the outcome once the client ends the stream (its timeout, its cancel giving up)."""
+        self.job.stop("error")
+        await asyncio.get_running_loop().create_future()  # cancelled by run() once the reader decides
 
     async def _send_end(self, position: int) -> None:
         end = self.job.end_frame(position, self._sign, overclaim_tokens=self._faults.overclaim_tokens)

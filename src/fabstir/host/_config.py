@@ -13,6 +13,7 @@ from typing import Any
 
 from .._exceptions import ConfigurationError
 from .._models import RejectReason
+from ..protocol import MAX_FIELD_CHARS
 
 __all__ = ["SETTLEMENT_POLICIES", "HostConfig", "HostFaults"]
 
@@ -49,7 +50,18 @@ class HostFaults:
       (no ``End``, no ``Error``; what was receipted is still settled);
     * ``first_token_delay`` — seconds to wait before the first token;
     * ``overclaim_tokens`` — report this many more completion tokens in ``End`` than were generated;
-    * ``error_at_token`` — after sending this many tokens, send ``Error(code="backend", retryable=True)``.
+    * ``error_at_token`` — after sending this many tokens, send ``Error(code="backend", retryable=True)``;
+    * ``kill_at_token`` — after sending this many tokens, crash for real: the node calls its
+      ``process_fault`` hook with ``"SIGKILL"`` (``fabstir host run`` kills its own process: no ``End``, no
+      ``Error``, no settlement). In-process, or once the hook returns, it behaves like ``drop_at_token``;
+    * ``stop_at_token`` — after sending this many tokens, freeze: the hook gets ``"SIGSTOP"`` (the process
+      stops; the connection stays open and nothing more arrives). In-process, or once the hook returns
+      (the process was continued), the job hangs: no more tokens, no ``End``, not even for a ``Cancel``,
+      until the client gives up and ends the stream;
+    * ``serve_model`` — serve jobs with this model instead of the one requested and advertised (a swapped
+      or misconfigured backend), and say so truthfully in the ``model`` field of ``TokenBatch``.
+
+    The token counts are exact: the batch carrying token N is the last one sent before the fault.
     """
 
     reject: str | None = None
@@ -57,6 +69,9 @@ class HostFaults:
     first_token_delay: float = 0.0
     overclaim_tokens: int = 0
     error_at_token: int | None = None
+    kill_at_token: int | None = None
+    stop_at_token: int | None = None
+    serve_model: str | None = None
 
     def __post_init__(self) -> None:
         if self.reject is not None and self.reject not in {r.value for r in RejectReason}:
@@ -64,8 +79,17 @@ class HostFaults:
             raise ConfigurationError(f"HostFaults.reject must be one of {reasons}, got {self.reject!r}")
         _optional_int("HostFaults", "drop_at_token", self.drop_at_token, minimum=0)
         _optional_int("HostFaults", "error_at_token", self.error_at_token, minimum=0)
+        _optional_int("HostFaults", "kill_at_token", self.kill_at_token, minimum=0)
+        _optional_int("HostFaults", "stop_at_token", self.stop_at_token, minimum=0)
         _int("HostFaults", "overclaim_tokens", self.overclaim_tokens, minimum=0)
         _seconds("HostFaults", "first_token_delay", self.first_token_delay, positive=False)
+        model: Any = self.serve_model
+        # it travels in TokenBatch.model, a short string field of the codec
+        if model is not None and not (isinstance(model, str) and 0 < len(model) <= MAX_FIELD_CHARS):
+            raise ConfigurationError(
+                f"HostFaults.serve_model must be a model id of 1 to {MAX_FIELD_CHARS} characters, "
+                f"got {model!r}"
+            )
 
 
 def _freeze_prices(raw: Any, models: tuple[str, ...]) -> Mapping[str, Mapping[str, int]]:

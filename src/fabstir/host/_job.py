@@ -46,9 +46,13 @@ class HostJob:
         ticket: Ticket,
         base_amount: int = 0,
         keep_open: bool = False,
+        model: str | None = None,
     ) -> None:
         self.request = request
         self.job_id = request.job_id
+        #: the model serving the job, declared in the first TokenBatch of each stream: the requested one
+        #: unless the ``serve_model`` fault swapped it
+        self.model = model or request.model
         self.peer_id = peer_id
         self.session = session
         self.price = session.price_per_token
@@ -75,6 +79,7 @@ class HostJob:
         self.stop_reason: str | None = None  # set when the job is told to stop early
         self.end_sent = False
         self.finalized = False
+        self.process_faulted = False  # the kill/stop fault fired for this job (it fires once per job)
         self.attachment: StreamAttachment | None = None
         self.producer: asyncio.Task[None] | None = None
         self.expiry: asyncio.Task[None] | None = None
@@ -155,9 +160,14 @@ class HostJob:
 
     async def _generate(self, backend: Backend, *, credit_tokens: int, receipt_timeout: float) -> None:
         request = self.request
+        model = self.model
+        if model != request.model and model not in await backend.list_models():
+            # The serve_model fault names a model this backend lacks (the built-in one has a single
+            # model): generate with the requested one. The declaration is what the fault is about.
+            model = request.model
         generation = backend.generate(
             GenerationRequest(
-                model=request.model,
+                model=model,
                 prompt=request.prompt,
                 max_tokens=request.max_tokens,
                 temperature=request.temperature,

@@ -73,6 +73,10 @@ class HostNode:
 
     The node does not start or close the seams it is given (transport, ledger, backend): their owner does.
     It owns every task it starts; :meth:`aclose` stops them, ends the jobs in flight and settles them.
+
+    ``process_fault`` is called with ``"SIGKILL"`` or ``"SIGSTOP"`` when the ``kill_at_token`` /
+    ``stop_at_token`` fault fires (:class:`HostFaults`). ``fabstir host run`` signals its own process
+    with it; without it (a node inside a test process) the node imitates the crash or the freeze.
     """
 
     def __init__(
@@ -84,8 +88,10 @@ class HostNode:
         backend: Backend,
         account: LocalAccount,
         clock: Callable[[], float] = time.time,
+        process_fault: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
+        self._process_fault = process_fault
         self._transport = transport
         self._ledger = ledger
         self._backend = backend
@@ -407,6 +413,7 @@ class HostNode:
             ticket=ticket,
             base_amount=base_amount,
             keep_open=keep_open,
+            model=self._faults.serve_model,
         )
         self._jobs[job.job_id] = job
         self._book.begin(session, base_amount)
@@ -534,6 +541,7 @@ class HostNode:
             sign=self._transport.sign,
             chain_id=self._ledger.chain_id,
             verifying_contract=self._ledger.verifying_contract,
+            process_fault=self._process_fault,
         )
         job.attachment = attachment  # before any await: a concurrent Resume must see the job taken
         if greeting is not None and not await self._send(channel, greeting):

@@ -12,7 +12,7 @@ import math
 import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, TracebackType
@@ -26,7 +26,7 @@ from ..backend import Backend, SimulatedBackend
 from ..chain import HostRegistration, PaymentLedger, UnescrowedLedger
 from ..protocol import PeerIdentity
 from ..transport import dialable_addrs, parse_peer_addr
-from ._config import HostConfig
+from ._config import HostConfig, HostFaults
 from ._node import HostNode
 
 __all__ = ["BackendKind", "HostService", "HostServiceOptions", "load_identity"]
@@ -82,6 +82,8 @@ class HostServiceOptions:
       an idle one is closed (:class:`~fabstir.host.HostConfig`).
     * ``identity_path`` keeps the peer id across restarts; ``private_key`` is the payment wallet
       (0x + 64 hex; a fresh one per run if absent).
+    * ``faults``: scripted misbehaviour for fault tests (:class:`~fabstir.host.HostFaults`); the
+      simulated backend also serves the ``serve_model`` fault's model, so its text is that model's.
     """
 
     listen_addrs: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
@@ -117,6 +119,7 @@ class HostServiceOptions:
     record_refresh: float = 60.0
     settlement: str = "per_job"
     session_idle_timeout: float = 120.0
+    faults: HostFaults | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in ("builtin", "openai", "simulated"):
@@ -182,14 +185,18 @@ class HostServiceOptions:
             record_refresh=self.record_refresh,
             settlement=self.settlement,
             session_idle_timeout=self.session_idle_timeout,
+            faults=self.faults,
         )
 
 
 class HostService:
     """``async with HostService(options) as service:`` — a running host; ``service.node`` is its
-    :class:`HostNode`, :meth:`describe` what a devnet file or a status line shows about it."""
+    :class:`HostNode`, :meth:`describe` what a devnet file or a status line shows about it.
+    ``process_fault`` is handed to the node (its kill/stop faults)."""
 
-    def __init__(self, options: HostServiceOptions) -> None:
+    def __init__(
+        self, options: HostServiceOptions, *, process_fault: Callable[[str], None] | None = None
+    ) -> None:
         if options.escrow:
             missing = [
                 what
@@ -214,6 +221,7 @@ class HostService:
                 )
         self.options = options
         self.config = options.host_config()
+        self._process_fault = process_fault
         self._identity = load_identity(options.identity_path)
         self._account: LocalAccount = (
             Account.from_key(options.private_key) if options.private_key else Account.create()
@@ -239,7 +247,11 @@ class HostService:
 
             assert options.backend_url is not None
             return OpenAIBackend(options.backend_url, api_key=options.api_key, model_map=options.model_map)
-        return SimulatedBackend(models=self.config.models, token_delay=options.token_delay)
+        models = self.config.models
+        serve_model = options.faults.serve_model if options.faults is not None else None
+        if serve_model is not None and serve_model not in models:
+            models = (*models, serve_model)
+        return SimulatedBackend(models=models, token_delay=options.token_delay)
 
     async def start(self) -> None:
         """Starts the backend first (a host must not announce what it cannot serve), then libp2p, then
@@ -274,6 +286,7 @@ class HostService:
                 ledger=ledger,
                 backend=backend,
                 account=self._account,
+                process_fault=self._process_fault,
             )
             await self.node.start()
         except BaseException:

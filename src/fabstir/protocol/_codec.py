@@ -64,6 +64,9 @@ _MAX_MSGPACK_UINT = (1 << 64) - 1
 #: Fields naming a job or a session. NUL is refused in them so that the NUL-separated End signing payload
 #: (:func:`~fabstir.protocol.end_signing_payload`) has exactly one reading.
 _ID_FIELDS = frozenset({"job_id", "session_id"})
+#: Optional fields added after 1.0 stay off the wire at their default, so a frame that does not use them
+#: is byte-for-byte what a 1.0 peer sends (and costs nothing on every token batch).
+_OMITTED_AT_DEFAULT = frozenset({("tokens", "model")})
 
 _BY_KIND: dict[str, type[Frame]] = {cls.KIND: cls for cls in FRAME_TYPES}
 _FIELD_NAMES: dict[type[Frame], frozenset[str]] = {
@@ -175,6 +178,12 @@ for _cls in FRAME_TYPES:
     )
 
 
+_DEFAULTS: dict[type[Frame], dict[str, Any]] = {
+    cls: {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    for cls in FRAME_TYPES
+}
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
     raise ValueError("msgpack extension types are not allowed")
 
@@ -213,6 +222,8 @@ def encode(frame: Frame) -> bytes:
     for name, checker, optional, _ in _SCHEMAS[cls]:
         value = getattr(frame, name)
         if value is None and optional:
+            continue
+        if (cls.KIND, name) in _OMITTED_AT_DEFAULT and value == _DEFAULTS[cls][name]:
             continue
         try:
             checker(name, list(value) if isinstance(value, tuple) else value)

@@ -103,11 +103,16 @@ class Confirm:
 
 @dataclass(frozen=True, slots=True)
 class TokenBatch:
-    """Consecutive tokens; ``seq`` is the index of the first one. Batches are gap-free and in order."""
+    """Consecutive tokens; ``seq`` is the index of the first one. Batches are gap-free and in order.
+
+    ``model`` names the model generating the job. A host sets it on the first batch of each stream (the
+    first of the job, the first after a ``Resume``) so the client can tell a host serving another model
+    than it asked for; ``""`` (not sent, and what older hosts send) says nothing."""
 
     KIND: ClassVar[str] = "tokens"
     seq: int
     tokens: tuple[str, ...]
+    model: str = ""
 
 
 @dataclass(frozen=True, slots=True)
