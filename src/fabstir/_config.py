@@ -138,7 +138,10 @@ class RetryConfig:
 @_options("timeouts")
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TimeoutConfig:
-    """Per-phase timeouts (seconds) inside one overall deadline per job (``overall``; None = no deadline)."""
+    """Per-phase timeouts (seconds) inside one overall deadline per job (``overall``; None = no deadline).
+
+    ``resume``: how long a stream that broke is tried again on the same host (a network blip) before the
+    job fails over to another host (capped by ``inter_token``)."""
 
     overall: float | None = 300.0
     connect: float = 30.0
@@ -146,6 +149,7 @@ class TimeoutConfig:
     negotiation: float = 10.0
     first_token: float = 30.0
     inter_token: float = 30.0
+    resume: float = 2.0
     request: float = 60.0
 
     def __post_init__(self) -> None:
@@ -219,15 +223,18 @@ class ChainConfig:
 @_options("recovery")
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RecoveryConfig:
-    """Failover to another host (at most ``max_failovers`` times per job); a failed host is avoided for
-    ``blacklist_duration`` seconds; what a job needs to resume is kept ``recovery_data_ttl`` seconds
-    (in ``journal_path`` too, if given)."""
+    """Failover to another host (at most ``max_failovers`` times per job); a host caught lying or failing
+    repeatedly is avoided for ``blacklist_duration`` seconds; ``journal_path`` (a SQLite file) keeps every
+    job so that a restarted client can find, resume and reclaim it — finished jobs whose money is all
+    settled are dropped after ``recovery_data_ttl`` seconds; ``reliability_path`` (a JSON file) keeps the
+    hosts' reliability statistics between runs."""
 
     failover: bool = True
     max_failovers: int = 2
     blacklist_duration: float = 300.0
     recovery_data_ttl: float = 3600.0
     journal_path: str | None = None
+    reliability_path: str | None = None
 
     def __post_init__(self) -> None:
         validate_recovery(self)
@@ -251,6 +258,8 @@ class MockHostSpec:
     first_token_delay: float = 0.0  # seconds before the first token (always applied)
     overclaim_tokens: int = 0  # report this many more completion tokens than sent
     error_at_token: int | None = None  # send an error frame after this many tokens
+    hang_at_token: int | None = None  # stop sending after this many tokens, connection kept (a frozen host)
+    serve_model: str | None = None  # declare (and serve) another model than the one asked for
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", _frozen(self.models))

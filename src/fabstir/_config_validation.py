@@ -228,7 +228,7 @@ def validate_retry(config: RetryConfig) -> None:
 def validate_timeouts(config: TimeoutConfig) -> None:
     if config.overall is not None and not (_is_number(config.overall) and config.overall > 0):
         _fail("timeouts.overall must be a positive number or None")
-    for name in ("connect", "discovery", "negotiation", "first_token", "inter_token", "request"):
+    for name in ("connect", "discovery", "negotiation", "first_token", "inter_token", "resume", "request"):
         _positive_number(f"timeouts.{name}", getattr(config, name))
 
 
@@ -273,9 +273,10 @@ def validate_recovery(config: RecoveryConfig) -> None:
     _non_negative_int("recovery.max_failovers", config.max_failovers)
     _positive_number("recovery.blacklist_duration", config.blacklist_duration)
     _positive_number("recovery.recovery_data_ttl", config.recovery_data_ttl)
-    path: Any = config.journal_path
-    if path is not None and not (isinstance(path, str) and path):
-        _fail("recovery.journal_path must be a non-empty string or None")
+    for name in ("journal_path", "reliability_path"):
+        path: Any = getattr(config, name)
+        if path is not None and not (isinstance(path, str) and path):
+            _fail(f"recovery.{name} must be a non-empty string or None")
 
 
 def validate_mock_host(spec: MockHostSpec) -> None:
@@ -296,6 +297,10 @@ def validate_mock_host(spec: MockHostSpec) -> None:
         _fail(f"mock.hosts.reject must be None or one of {', '.join(reasons)}")
     _optional_non_negative_int("mock.hosts.drop_at_token", spec.drop_at_token)
     _optional_non_negative_int("mock.hosts.error_at_token", spec.error_at_token)
+    _optional_non_negative_int("mock.hosts.hang_at_token", spec.hang_at_token)
+    serve: Any = spec.serve_model
+    if serve is not None and not (isinstance(serve, str) and serve):
+        _fail("mock.hosts.serve_model must be a non-empty model id or None")
     _non_negative_number("mock.hosts.first_token_delay", spec.first_token_delay)
     _non_negative_int("mock.hosts.overclaim_tokens", spec.overclaim_tokens)
 

@@ -19,6 +19,7 @@ __all__ = [
     "CostEstimate",
     "FinishReason",
     "JobDetails",
+    "JobRecoveryInfo",
     "JobRequest",
     "JobStatus",
     "ModelInfo",
@@ -26,6 +27,7 @@ __all__ = [
     "NodeInfo",
     "PaymentDetails",
     "PaymentStatus",
+    "RecoverySession",
     "RejectReason",
     "StreamMetrics",
     "StreamSummary",
@@ -240,3 +242,38 @@ class JobDetails:
     result: str | None
     error: str | None
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverySession:
+    """One payment session of a job, as recovery sees it: what was deposited, what our receipts signed
+    for, what the chain says was settled and refunded, and whether the client may reclaim it now (it is
+    open and past its expiry)."""
+
+    session_id: str
+    host: str | None  # the host's peer id
+    deposit: int
+    signed_amount: int  # the session's cumulative amount our latest receipt signed for
+    settled: int
+    refunded: int
+    closed: bool
+    expiry: float
+    reclaimable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecoveryInfo:
+    """What a client (also a restarted one, from its journal) knows about a job: how far it got, the text
+    delivered, whether it can be resumed (``resume_response_stream``), and each session that holds or
+    held its money (a job that failed over has one per host)."""
+
+    job_id: int
+    status: JobStatus
+    host: str | None
+    tokens_delivered: int
+    text: str
+    can_resume: bool
+    error: str | None
+    error_code: str | None
+    sessions: tuple[RecoverySession, ...]
+    from_journal: bool  # read back from the journal (the job ran in an earlier process)

@@ -241,3 +241,81 @@ async def test_retries_and_failovers_share_one_overall_deadline() -> None:
         # (4 hosts x 0.4 s first-token timeouts, x 11 attempts, would be well over 10 s)
         assert elapsed < 6.0
         assert sdk.get_performance_metrics()["jobs_failed"] >= 1
+
+
+async def test_health_and_recovery_reports_tell_the_truth() -> None:
+    """A healthy market reports healthy; once most jobs fail the health report is degraded and says
+    why, and the recovery report lists the failing host's statistics (its drops and failures)."""
+    async with _market(
+        MockHostSpec(name="broken", price_per_token=1, drop_at_token=2), recovery={"failover": False}
+    ) as sdk:
+        health = sdk.get_system_health_report()
+        assert (health["status"], health["problems"]) == ("healthy", [])
+        for _ in range(2):
+            handle = await sdk.submit_job(prompt=PROMPT, model=MODEL, max_tokens=MAX_TOKENS)
+            with pytest.raises(TransportError):
+                await sdk.wait_for_job_completion(handle.job_id)
+        health = sdk.get_system_health_report()
+        assert health["status"] == "degraded"
+        assert health["failure_rate"] == 1.0
+        assert any("2 of 2 finished jobs failed" in p for p in health["problems"])
+        (host,) = sdk.get_error_recovery_report()["hosts"]
+        assert host["drops"] == 2
+        assert host["failures"] > 0
+        assert host["reliability"] < 0.99
+    assert sdk.get_system_health_report()["status"] == "disconnected"
+
+
+async def test_a_frozen_host_is_replaced_after_the_inter_token_timeout() -> None:
+    """A host that stops sending after 5 tokens but keeps its connection (hang_at_token) is given up on
+    after the inter-token timeout and the job continues elsewhere, whole."""
+    reference = await _reference_text()
+    async with _market(
+        MockHostSpec(name="frozen", price_per_token=1, hang_at_token=5),
+        MockHostSpec(name="steady", price_per_token=2),
+        timeouts=TimeoutConfig(inter_token=0.3),
+    ) as sdk:
+        handle = await sdk.submit_job(prompt=PROMPT, model=MODEL, max_tokens=MAX_TOKENS)
+        details = await sdk.wait_for_job_completion(handle.job_id, timeout=30)
+        assert details.result == reference
+        report = sdk.get_error_recovery_report()["failover_details"]
+        assert [(f["delivered_by_failed_host"], f["code"]) for f in report] == [(5, "timeout")]
+
+
+async def test_a_host_serving_another_model_is_caught_on_its_first_batch() -> None:
+    """A host declaring another model than asked for is caught before any of its tokens is shown or paid
+    for (model_mismatch), flagged as a liar (alert, blacklisted), and the job moves on, whole."""
+    reference = await _reference_text()
+    async with _market(
+        MockHostSpec(name="swapped", price_per_token=1, serve_model="tiny-vicuna-1b"),
+        MockHostSpec(name="steady", price_per_token=2),
+    ) as sdk:
+        alerts: list[dict[str, Any]] = []
+        sdk.on(EventName.NODE_RELIABILITY_ALERT, lambda e: alerts.append({**e.data, "node": e.node_id}))
+        handle = await sdk.submit_job(prompt=PROMPT, model=MODEL, max_tokens=MAX_TOKENS)
+        details = await sdk.wait_for_job_completion(handle.job_id)
+        assert details.result == reference
+        payment = await sdk.approve_job_payment(handle.job_id)
+        swapped = payment.legs[0]
+        assert (swapped.acknowledged_tokens, swapped.settled_amount) == (0, 0)
+        assert alerts[0]["reason"] == "model_mismatch"
+        assert alerts[0]["blacklisted_until"] is not None
+        assert alerts[0]["node"] in sdk.get_system_health_report()["blacklisted_nodes"]
+
+
+async def test_cancelling_submit_job_with_retry_cancels_the_job() -> None:
+    """A caller that cancels submit_job_with_retry while its job runs leaves no job behind: the job ends
+    CANCELLED."""
+    async with _market(
+        MockHostSpec(name="slow", price_per_token=1, first_token_delay=5.0),
+        timeouts=TimeoutConfig(first_token=10.0),
+    ) as sdk:
+        claimed = asyncio.Event()
+        sdk.on(EventName.JOB_CLAIMED, lambda e: claimed.set())
+        call = asyncio.create_task(sdk.submit_job_with_retry(prompt=PROMPT, model=MODEL, max_tokens=8))
+        await asyncio.wait_for(claimed.wait(), 10)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        (job_id,) = sdk.list_jobs()
+        assert await sdk.get_job_status(job_id) is JobStatus.CANCELLED

@@ -53,6 +53,8 @@ class HostSpec:
     max_concurrent_jobs: int = 2
     max_queue: int = 4
     token_delay: float = 0.0
+    #: extra command-line options, e.g. the hidden ``--fault-kill-at-token 6``
+    extra: tuple[str, ...] = ()
 
     def args(self, bootstrap: Sequence[str]) -> list[str]:
         args = ["host", "run", "--no-escrow", "--backend", self.backend, "--status-interval", "0"]
@@ -64,7 +66,7 @@ class HostSpec:
         args += ["--token-delay", repr(self.token_delay)]
         for addr in bootstrap:
             args += ["--bootstrap", addr]
-        return args
+        return args + list(self.extra)
 
 
 @dataclass

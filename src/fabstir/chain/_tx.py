@@ -24,6 +24,7 @@ import collections
 import logging
 from typing import Any, cast
 
+import aiohttp
 from eth_account.signers.local import LocalAccount
 from eth_typing import HexStr
 from web3 import AsyncWeb3
@@ -105,7 +106,9 @@ class Transactor:
         message = str(exc)
         if any(phrase in message.lower() for phrase in _FUNDS_PHRASES):
             return InsufficientFundsError(f"{what}: {message}")
-        if isinstance(exc, OSError):
+        if isinstance(exc, OSError | aiohttp.ClientConnectionError | builtins.TimeoutError):
+            # the node is down or the connection dropped (aiohttp's ServerDisconnectedError is not an
+            # OSError): trying again later can help
             return PaymentError(f"{what}: the chain node is unreachable ({exc!r})", retryable=True)
         return PaymentError(f"{what} failed: {message}")
 

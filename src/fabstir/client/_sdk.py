@@ -27,6 +27,7 @@ from .._exceptions import (
     CancelledError,
     ConfigurationError,
     DiscoveryError,
+    ErrorCode,
     FabstirError,
     HostError,
     InvalidStateError,
@@ -46,12 +47,14 @@ from .._models import (
     CostEstimate,
     FinishReason,
     JobDetails,
+    JobRecoveryInfo,
     JobRequest,
     JobStatus,
     ModelInfo,
     NodeInfo,
     PaymentDetails,
     PaymentStatus,
+    RecoverySession,
     StreamSummary,
     Token,
 )
@@ -61,13 +64,15 @@ from ..core._client_job import JobOutcome, JobRunner
 from ..core._discovery import DiscoveryFilter, NodeDiscovery
 from ..core._negotiation import OfferInHand, Rejection, decline, negotiate
 from ..core._pricing import estimate_cost, max_cost
-from ..core._reliability import ReliabilityTracker
+from ..core._reliability import FailureVerdict, ReliabilityTracker
 from ..core._retry import backoff_delay, should_retry
 from ..core._selection import SelectionStrategy, rank_nodes
 from ..core._stream import ResponseStream, TokenBuffer
 from ..protocol import PROTOCOL_ID, Request, Role
 from ..transport import PeerEvent, PeerEventKind, PeerInfo, Transport, parse_peer_addr
 from ._chain_follow import ChainFollower, SessionState
+from ._journal import JobJournal, JournalSession
+from ._recorder import JournalRecorder, request_from_journal, session_from_journal
 from ._sessions import PooledSession, SessionPool
 
 __all__ = ["FabstirSDK", "JobHandle"]
@@ -108,6 +113,8 @@ class _Job:
     #: the hosts that failed this job before the current one, oldest first: each a record of that host's
     #: part (host, session, runner, payment), with ``error`` saying how it failed
     legs: list[_Job] = field(default_factory=list)
+    #: the amount signed last when there is no runner (a job part read back from the journal)
+    signed_hint: int | None = None
 
 
 #: The session events whose transactions get_job_transactions lists, and what each did.
@@ -166,7 +173,10 @@ class FabstirSDK:
         self._ledger: PaymentLedger | None = None
         self._account: LocalAccount | None = None
         self._events = EventBus()
-        self._reliability = ReliabilityTracker(time.time)
+        self._reliability = ReliabilityTracker(
+            time.time, blacklist_duration=self.config.recovery.blacklist_duration
+        )
+        self._recorder: JournalRecorder | None = None
         self._session_pool = SessionPool(self.config.chain.jobs_per_session)
         self._follower: ChainFollower | None = None
         self._discovery: NodeDiscovery | None = None
@@ -215,10 +225,15 @@ class FabstirSDK:
         """Starts the mode's seams (idempotent). Emits ``connected``."""
         if self._connected:
             return
-        if self.config.mode == "mock":
-            await self._connect_mock()
-        else:
-            await self._connect_production()
+        self._open_state()  # first: the hosts' priors of a mock market go into the loaded tracker
+        try:
+            if self.config.mode == "mock":
+                await self._connect_mock()
+            else:
+                await self._connect_production()
+        except BaseException:
+            self._close_state()
+            raise
         assert self._transport is not None
         self._peer_unsubscribe = self._transport.add_peer_listener(self._on_peer_event)
         self._discovery = NodeDiscovery(
@@ -343,8 +358,45 @@ class FabstirSDK:
         simulated = self._marketplace.simulated_latency_ms(peer.peer_id)
         return simulated / 1000.0 if simulated is not None else rtt
 
+    async def transition_mode(self, mode: str, **changes: Any) -> None:
+        """Switches between ``"mock"`` and ``"production"`` (``changes`` as for :meth:`SDKConfig.evolve`,
+        e.g. ``p2p={"bootstrap_nodes": [...]}``), reconnecting if connected.
+
+        Kept: the finished jobs (details, results, payments as last seen), event subscriptions (callbacks
+        and iterators), counters, host reliability statistics, the journal. Not kept: what belongs to a
+        mode — its network, ledger, account, discovery cache and open payment sessions. Raises
+        :class:`InvalidStateError` while jobs are running (wait for them or cancel them first), and the
+        configuration errors of the new mode (then nothing changed)."""
+        if mode not in ("mock", "production"):
+            raise ConfigurationError(f'Invalid SDK mode: {mode}. Must be "mock" or "production"')
+        running = [j.job_id for j in self._jobs.values() if not j.status.is_terminal]
+        if running:
+            raise InvalidStateError(
+                f"cannot switch modes while jobs {running} are running; wait for them or cancel them",
+                context={"running": running},
+            )
+        config = self.config.evolve(mode=mode, **changes)  # validated before anything is torn down
+        was_connected = self._connected
+        previous = self.config.mode
+        await self._disconnect(end_iterators=False)
+        self.config = config
+        self._transport = None
+        self._ledger = None
+        self._account = None
+        self._marketplace = None
+        self._discovery = None
+        self._follower = None
+        self._session_pool = SessionPool(config.chain.jobs_per_session)
+        self._rng = random.Random(config.mock.seed) if config.mode == "mock" else random.Random()
+        _log.info("switched from %s to %s mode", previous, config.mode)
+        if was_connected:
+            await self.connect()
+
     async def disconnect(self) -> None:
         """Cancels running jobs (hosts are paid for what they delivered), stops the seams. Idempotent."""
+        await self._disconnect(end_iterators=True)
+
+    async def _disconnect(self, *, end_iterators: bool) -> None:
         if not self._connected:
             return
         self._connected = False
@@ -359,7 +411,10 @@ class FabstirSDK:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         watchers = [
-            j.settlement for j in self._jobs.values() if j.settlement is not None and not j.settlement.done()
+            leg.settlement
+            for j in self._jobs.values()
+            for leg in (*j.legs, j)
+            if leg.settlement is not None and not leg.settlement.done()
         ]
         if watchers:
             _, pending = await asyncio.wait(watchers, timeout=5.0)
@@ -380,8 +435,10 @@ class FabstirSDK:
                 self._events.emit(EventName.P2P_STOPPED, peer_id=self._transport.peer_id)
         if self._marketplace is not None and self._shared_marketplace is None:
             await self._marketplace.aclose()
+        self._close_state()
         self._events.emit(EventName.DISCONNECTED, mode=self.config.mode)
-        self._events.close()
+        if end_iterators:
+            self._events.close()
 
     async def __aenter__(self) -> FabstirSDK:
         await self.connect()
@@ -698,6 +755,10 @@ class FabstirSDK:
         )
         self._next_job_id += 1
         self._jobs[job.job_id] = job
+        if self._recorder is not None:
+            self._recorder.job_submitted(
+                job.job_id, job.key, req, job.status.value, job.created_at, self.get_address()
+            )
         self._counters["jobs_submitted"] += 1
         self._events.emit(
             EventName.JOB_SUBMITTED, job_id=job.job_id, model=req.model, max_tokens=req.max_tokens
@@ -732,7 +793,9 @@ class FabstirSDK:
         **kwargs: Any,
     ) -> JobHandle:
         """Like :meth:`submit_job_with_negotiation`, retrying retryable failures with exponential backoff
-        (``retry`` config) inside the overall deadline; hosts that failed are excluded from later attempts."""
+        (``retry`` config) inside one overall deadline shared by every attempt; hosts that failed are
+        excluded from later attempts. ``should_retry_hook(error, attempt)`` can veto a retry;
+        ``on_retry(error, attempt, delay)`` is told of each. Cancelling the call cancels the job."""
         req = self._build_request(request, kwargs)
         loop = asyncio.get_running_loop()
         overall = self.config.timeouts.overall
@@ -745,6 +808,10 @@ class FabstirSDK:
             try:
                 await self.wait_for_job_completion(handle.job_id)
                 return handle
+            except asyncio.CancelledError:
+                # the caller gave up: so does the job (its host is paid for what it delivered)
+                await asyncio.shield(self.cancel_job(handle.job_id))
+                raise
             except FabstirError as error:
                 record = self._jobs[handle.job_id]
                 # hosts that failed (also those a failover left behind) are not asked again in this call
@@ -840,7 +907,203 @@ class FabstirSDK:
         record = self._job(job)
         return ResponseStream(record.job_id, record.buffer, resume_from=resume_from or 0)
 
-    resume_response_stream = create_response_stream
+    async def resume_response_stream(self, job: JobRef, resume_from: int | None = None) -> ResponseStream:
+        """A stream over the job's tokens from ``resume_from`` — also for a job an earlier process ran,
+        read back from the journal (``recovery.journal_path``): its delivered tokens come first, and an
+        unfinished job goes on, on a host that continues the same completion (as after a failover). The
+        returned stream does not own the job. Raises :class:`JobNotFoundError` for an unknown job."""
+        job_id = int(job)
+        if job_id not in self._jobs:
+            self._require_connected()
+            self._restore(job_id)
+        return self.create_response_stream(job_id, resume_from)
+
+    async def get_job_recovery_info(self, job: JobRef) -> JobRecoveryInfo:
+        """What is known about a job — from this process, or from the journal for a job an earlier
+        process ran: status, the text delivered, whether it can be resumed, and each payment session with
+        what it holds (``reclaimable`` once it is open past its expiry). Raises :class:`JobNotFoundError`."""
+        job_id = int(job)
+        now = await self._require_ledger().timestamp() if self._ledger is not None else time.time()
+        record = self._jobs.get(job_id)
+        if record is None:
+            entry = self._recorder.journal.get(job_id) if self._recorder is not None else None
+            if entry is None:
+                raise JobNotFoundError(f"Job {job_id} not found", job_id=job_id)
+            status = JobStatus(entry.status)
+            return JobRecoveryInfo(
+                job_id=job_id,
+                status=status,
+                host=entry.host,
+                tokens_delivered=entry.tokens,
+                text=entry.text,
+                can_resume=not status.is_terminal,
+                error=entry.error,
+                error_code=entry.error_code,
+                sessions=tuple(
+                    RecoverySession(
+                        session_id=s.session_id,
+                        host=s.host,
+                        deposit=s.deposit,
+                        signed_amount=s.signed_amount,
+                        settled=s.settled,
+                        refunded=s.refunded,
+                        closed=s.closed,
+                        expiry=s.expiry,
+                        reclaimable=not s.closed and s.expiry <= now,
+                    )
+                    for s in entry.sessions
+                ),
+                from_journal=True,
+            )
+        return JobRecoveryInfo(
+            job_id=job_id,
+            status=record.status,
+            host=record.host,
+            tokens_delivered=len(record.buffer.tokens),
+            text=record.buffer.text,
+            can_resume=not record.status.is_terminal,
+            error=str(record.error) if record.error else None,
+            error_code=record.error.code.value if record.error else None,
+            sessions=tuple(
+                RecoverySession(
+                    session_id=leg.session.session_id,
+                    host=leg.host,
+                    deposit=leg.session.deposit,
+                    signed_amount=self._job_end_amount(leg),
+                    settled=leg.session.settled,
+                    refunded=leg.session.refunded,
+                    closed=leg.session.closed,
+                    expiry=leg.session.expiry,
+                    reclaimable=not leg.session.closed and leg.session.expiry <= now,
+                )
+                for leg in (*record.legs, record)
+                if leg.session is not None
+            ),
+            from_journal=False,
+        )
+
+    def _restore(self, job_id: int) -> _Job:
+        """Reads a job an earlier process ran back from the journal into memory: its delivered tokens, its
+        sessions (each a finished part, followed on the chain), and — if it had not finished — restarts it
+        where it stopped, on a host that continues the same completion."""
+        entry = self._recorder.journal.get(job_id) if self._recorder is not None else None
+        if entry is None:
+            raise JobNotFoundError(f"Job {job_id} not found", job_id=job_id)
+        request = request_from_journal(entry.request)
+        buffer = TokenBuffer()
+        lengths = entry.token_lengths or ((len(entry.text),) if entry.text else ())
+        tokens, start = [], 0
+        for index, length in enumerate(lengths):
+            tokens.append(Token(index, entry.text[start : start + length], entry.updated_at))
+            start += length
+        if tokens:
+            buffer.append(tokens)
+        status = JobStatus(entry.status)
+        job = _Job(
+            job_id=job_id,
+            key=entry.key,
+            request=request,
+            status=status,
+            created_at=entry.created_at,
+            updated_at=entry.updated_at,
+            buffer=buffer,
+            host=entry.host,
+        )
+        client = entry.client_address or self.get_address() or ""
+        for saved in entry.sessions:
+            leg = _Job(
+                job_id=job_id,
+                key=entry.key,
+                request=request,
+                status=JobStatus.FAILED,
+                created_at=entry.created_at,
+                updated_at=entry.updated_at,
+                buffer=buffer,
+                host=saved.host,
+                price_per_token=saved.price_per_token,
+                session=session_from_journal(saved, client),
+                base_amount=saved.base_amount,
+                closes_session=saved.closes_session,
+                signed_hint=saved.signed_amount,
+                payment_status=PaymentStatus.ESCROWED,
+            )
+            leg.done.set()
+            job.legs.append(leg)
+        if status.is_terminal and job.legs:  # the last part is the job's own payment
+            last = job.legs.pop()
+            for name in (
+                "host",
+                "price_per_token",
+                "session",
+                "base_amount",
+                "closes_session",
+                "signed_hint",
+            ):
+                setattr(job, name, getattr(last, name))
+            job.payment_status = last.payment_status
+        self._jobs[job_id] = job
+        for leg in (*job.legs, job):
+            if leg.session is not None:
+                if self._follower is not None:
+                    self._follower.follow([leg.session.session_id])
+                self._watch_settlement(leg)
+        if status.is_terminal:
+            summary = StreamSummary(
+                total_tokens=len(tokens),
+                duration=0.0,
+                finish_reason=FinishReason.STOP,
+                text=entry.text,
+                prompt_tokens=0,
+                completion_tokens=len(tokens),
+            )
+            if status is JobStatus.FAILED:
+                error = FabstirError(entry.error or "the job failed", code=entry.error_code, job_id=job_id)
+                job.error = error
+                buffer.fail(error)
+            else:
+                buffer.finish(summary)
+            job.done.set()
+        else:
+            job.status = JobStatus.PROCESSING if tokens else JobStatus.POSTED
+            job.host = None
+            # a new request under a new wire id: the old host may still hold the old one for a resume
+            # by the (dead) peer that asked for it, and would refuse a second job under its id
+            job.key = self._new_key()
+            job.task = asyncio.create_task(
+                self._run_job(job, preferred=None), name=f"fabstir-job-{job.job_id}-resumed"
+            )
+        return job
+
+    def _open_state(self) -> None:
+        """Opens the job journal and loads the hosts' reliability (``recovery`` paths), if configured."""
+        recovery = self.config.recovery
+        if recovery.journal_path is not None and self._recorder is None:
+            journal = JobJournal(recovery.journal_path, ttl=recovery.recovery_data_ttl)
+            pruned = journal.prune()
+            if pruned:
+                _log.info("job journal: pruned %d finished jobs", pruned)
+            self._next_job_id = max(self._next_job_id, journal.next_job_id())
+            self._recorder = JournalRecorder(journal)
+        if recovery.reliability_path is not None:
+            self._reliability = ReliabilityTracker.load(
+                recovery.reliability_path, time.time, blacklist_duration=recovery.blacklist_duration
+            )
+
+    def _close_state(self) -> None:
+        if self._recorder is not None:
+            for job in self._jobs.values():
+                self._recorder.progress(job.job_id, job.buffer.tokens, force=True)
+            self._recorder.close()
+            self._recorder = None
+        self._save_reliability()
+
+    def _save_reliability(self) -> None:
+        path = self.config.recovery.reliability_path
+        if path is not None:
+            try:
+                self._reliability.save(path)
+            except OSError as exc:
+                _log.warning("could not save host reliability to %s: %s", path, exc)
 
     def list_jobs(self) -> list[int]:
         return sorted(self._jobs)
@@ -996,6 +1259,7 @@ class FabstirSDK:
         job.settled = job.refunded = job.base_amount = 0
         job.closes_session = True
         job.refund_reported = False
+        job.signed_hint = None
         _log.info(
             "job %s: host %s failed after %d tokens (%s); failing over",
             job.job_id,
@@ -1078,6 +1342,16 @@ class FabstirSDK:
         job.session = session
         job.base_amount = pooled.signed
         job.closes_session = not pool.keep_open(pooled, cost)
+        if self._recorder is not None:
+            self._recorder.session_opened(
+                job.job_id,
+                session,
+                host=chosen.node.peer_id,
+                base_amount=job.base_amount,
+                chain_id=ledger.chain_id,
+                contract=ledger.verifying_contract,
+                closes_session=job.closes_session,
+            )
         if ledger.escrowed:  # without escrow the session is a promise: nothing was deposited
             job.payment_status = PaymentStatus.ESCROWED
             self._events.emit(
@@ -1121,6 +1395,8 @@ class FabstirSDK:
             agent=_AGENT,
             base_amount=job.base_amount,
             keep_open=not job.closes_session,
+            model=job.request.model,
+            resume_timeout=self.config.timeouts.resume,
         )
         job.runner = runner
         if job.status is not JobStatus.PROCESSING:  # (after a failover the job goes on streaming)
@@ -1131,24 +1407,44 @@ class FabstirSDK:
         try:
             outcome = await runner.run()
         except FabstirError as exc:
-            self._reliability.record_failure(job.host, drop=not isinstance(exc, TimeoutError))
-            self._events.emit(EventName.NODE_FAILURE, job_id=job.job_id, node_id=job.host, error=str(exc))
+            lie = exc.code is ErrorCode.MODEL_MISMATCH
+            verdict = self._reliability.record_failure(
+                job.host,
+                drop=isinstance(exc, TransportError),
+                timeout=isinstance(exc, TimeoutError),
+                lie=lie,
+                reason=exc.code.value,
+            )
+            self._events.emit(
+                EventName.NODE_FAILURE,
+                job_id=job.job_id,
+                node_id=job.host,
+                error=str(exc),
+                code=exc.code.value,
+                delivered=runner.received,
+            )
+            self._reliability_alert(job, verdict, reason=exc.code.value if lie else None)
             self._discovery_invalidate(job.host)
             job.closes_session = True  # a host closes the session of a failed job
             raise
         job.outcome = outcome
         if outcome.usage_mismatch:
-            self._reliability.record_failure(job.host, lie=True)
-            self._events.emit(
-                EventName.NODE_RELIABILITY_ALERT,
-                job_id=job.job_id,
-                node_id=job.host,
+            verdict = self._reliability.record_failure(job.host, lie=True, reason="usage_overclaim")
+            self._reliability_alert(
+                job,
+                verdict,
                 reason="usage_overclaim",
                 claimed=outcome.completion_tokens_claimed,
                 delivered=outcome.tokens_received,
             )
         else:
-            self._reliability.record_success(job.host)
+            metrics = job.buffer.metrics()
+            self._reliability.record_success(
+                job.host,
+                # the job's own timing only when one host served it all (a failover's gap is not theirs)
+                ttft=None if job.legs else metrics.time_to_first_token,
+                inter_token=None if job.legs else metrics.mean_inter_token_latency,
+            )
         summary = runner.summary(outcome)
         if job.legs:  # the completion spans every host that worked on it
             summary = dataclasses.replace(summary, completion_tokens=summary.total_tokens)
@@ -1172,6 +1468,27 @@ class FabstirSDK:
         self._watch_settlement(job)
         job.done.set()
 
+    def _reliability_alert(
+        self, job: _Job, verdict: FailureVerdict, *, reason: str | None = None, **details: Any
+    ) -> None:
+        """``node:reliability-alert`` when a host was caught lying (``reason``), fell below the alert
+        threshold, or was blacklisted (``verdict``). Saves the reliability statistics (a failure is news)."""
+        self._save_reliability()
+        if reason is None and verdict.alert is None:
+            return
+        self._events.emit(
+            EventName.NODE_RELIABILITY_ALERT,
+            job_id=job.job_id,
+            node_id=job.host,
+            reason=reason or "reliability",
+            alert=verdict.alert,
+            reliability=self._reliability.reliability(job.host) if job.host else None,
+            blacklisted_until=verdict.blacklisted_until,
+            **details,
+        )
+        if verdict.blacklisted_until is not None and job.host is not None:
+            self._discovery_invalidate(job.host)
+
     async def _reopen(self, node: NodeInfo) -> FrameChannel:
         """A new job stream to ``node`` (to resume a job whose stream broke)."""
         peer = PeerInfo(node.peer_id, node.addresses)
@@ -1179,6 +1496,8 @@ class FabstirSDK:
         return FrameChannel(stream, Role.CLIENT)
 
     def _on_tokens(self, job: _Job, tokens: list[Token]) -> None:
+        if self._recorder is not None:
+            self._recorder.progress(job.job_id, job.buffer.tokens)
         if job.status is JobStatus.CLAIMED:
             self._set_status(job, JobStatus.PROCESSING)
             self._events.emit(EventName.JOB_PROCESSING, job_id=job.job_id, node_id=job.host)
@@ -1219,15 +1538,20 @@ class FabstirSDK:
         if job.session is None or self._ledger is None:
             return
         ledger = self._ledger
-        end = job.runner.signed_amount if job.runner is not None else job.base_amount
+        end = self._job_end_amount(job)
         delay = 0.0
         deadline = asyncio.get_running_loop().time() + patience
         while True:
             try:
                 session = await ledger.get_session(job.session.session_id)
             except FabstirError as exc:
-                _log.info("could not read session of job %s: %s", job.job_id, exc)
-                return
+                # a chain node down for a while: keep asking (bounded by the patience); anything else
+                # (the session is gone) ends the watch
+                if not exc.retryable or asyncio.get_running_loop().time() >= deadline:
+                    _log.info("could not read session of job %s: %s", job.job_id, exc)
+                    return
+                await asyncio.sleep(0.5)
+                continue
             if (
                 session.closed
                 or job.base_amount < end <= session.settled
@@ -1246,6 +1570,8 @@ class FabstirSDK:
             return
         previous_settled = job.settled
         job.session = session
+        if self._recorder is not None:
+            self._recorder.session_changed(job.job_id, session.session_id, signed_amount=end, session=session)
         share = max(0, min(session.settled, end) - job.base_amount)
         job.settled = share
         closing_job = session.closed and job.closes_session
@@ -1288,7 +1614,9 @@ class FabstirSDK:
         ]
 
     def _job_end_amount(self, job: _Job) -> int:
-        return job.runner.signed_amount if job.runner is not None else job.base_amount
+        if job.runner is not None:
+            return job.runner.signed_amount
+        return job.signed_hint if job.signed_hint is not None else job.base_amount
 
     def _on_chain_state(self, session_id: str, state: SessionState) -> None:
         """Confirmed events moved ``session_id`` forward: record each ended job's share (only forward;
@@ -1384,6 +1712,10 @@ class FabstirSDK:
     def _set_status(self, job: _Job, status: JobStatus) -> None:
         job.status = status
         job.updated_at = time.time()
+        if self._recorder is not None:
+            if status.is_terminal:
+                self._recorder.progress(job.job_id, job.buffer.tokens, force=True)
+            self._recorder.status(job.job_id, status.value, job.host, job.error)
         self._emit_status(job)
 
     def _emit_status(self, job: _Job) -> None:
@@ -1422,7 +1754,9 @@ class FabstirSDK:
             payment_token=session.token if session else record.request.payment_token,
             deposit=session.deposit if session else 0,
             price_per_token=record.price_per_token or 0,
-            acknowledged_tokens=runner.acknowledged if runner else 0,
+            acknowledged_tokens=runner.acknowledged
+            if runner
+            else (self._job_end_amount(record) - record.base_amount) // (record.price_per_token or 1),
             settled_amount=record.settled,
             refunded_amount=record.refunded,
             host_address=session.host if session else None,
@@ -1457,7 +1791,7 @@ class FabstirSDK:
     def _leg_cost(self, record: _Job) -> CostBreakdown:
         ledger = self._require_ledger()
         price = record.price_per_token or 0
-        tokens = record.runner.acknowledged if record.runner else 0
+        tokens = (self._job_end_amount(record) - record.base_amount) // price if price else 0
         observed = record.payment_status in (PaymentStatus.RELEASED, PaymentStatus.REFUNDED)
         total = record.settled if observed else tokens * price
         base = record.base_amount
@@ -1548,8 +1882,9 @@ class FabstirSDK:
 
     async def reclaim_expired_sessions(self) -> list[PaymentDetails]:
         """Reclaims the deposit of every session of this SDK's jobs that its host left open past its expiry
-        — typically a host that died mid-job, whose job then went on elsewhere — and returns the payments
-        that changed. Sessions not yet expired are left to their hosts."""
+        — typically a host that died mid-job, whose job then went on elsewhere — and, with a journal, of
+        the jobs an earlier process ran with the same key. Returns the payments that changed. Sessions
+        not yet expired are left to their hosts."""
         ledger = self._require_ledger()
         if not ledger.escrowed:
             return []
@@ -1566,7 +1901,36 @@ class FabstirSDK:
                     touched = True
             if touched:
                 changed.append(await self.get_payment_details(record.job_id))
+        if self._recorder is not None:  # sessions of jobs an earlier process ran (read from the journal)
+            account = self._require_account()
+            for job_id, saved in self._recorder.journal.reclaimable(now):
+                if job_id in self._jobs or saved.chain_id != ledger.chain_id:
+                    continue
+                session = await ledger.get_session(saved.session_id)
+                if session.client.lower() != account.address.lower():
+                    continue  # another key's session: not ours to reclaim
+                if not session.closed:
+                    await ledger.reclaim(account, saved.session_id)
+                    session = await ledger.get_session(saved.session_id)
+                self._recorder.session_changed(job_id, saved.session_id, session=session)
+                changed.append(self._journal_payment(job_id, saved, session))
         return changed
+
+    def _journal_payment(self, job_id: int, saved: JournalSession, session: SessionInfo) -> PaymentDetails:
+        share = max(0, min(session.settled, saved.signed_amount) - saved.base_amount)
+        return PaymentDetails(
+            job_id=job_id,
+            session_id=session.session_id,
+            status=PaymentStatus.REFUNDED if session.refunded else PaymentStatus.RELEASED,
+            payment_token=session.token,
+            deposit=session.deposit,
+            price_per_token=session.price_per_token,
+            acknowledged_tokens=(saved.signed_amount - saved.base_amount) // (session.price_per_token or 1),
+            settled_amount=share,
+            refunded_amount=session.refunded,
+            host_address=session.host,
+            client_address=session.client,
+        )
 
     async def _reclaim_leg(self, leg: _Job, *, patience: float) -> float | None:
         """Waits up to ``patience`` s for the host to close ``leg``'s session, and reclaims it if it has
@@ -1604,20 +1968,30 @@ class FabstirSDK:
         }
 
     def get_system_health_report(self) -> dict[str, Any]:
+        """Whether the SDK can do its job now: ``status`` is ``disconnected``, ``degraded`` (in production
+        no peer connected, or at least half of the finished jobs failed), or ``healthy``; with the
+        reasons, the jobs running, the failure rate and the hosts blacklisted now."""
         active = [j for j in self._jobs.values() if not j.status.is_terminal]
         failed = self._counters["jobs_failed"]
         finished = failed + self._counters["jobs_completed"]
+        p2p = self.get_p2p_status()
+        problems: list[str] = []
+        if self._connected:
+            if self.config.mode == "production" and not p2p["connected_peers"]:
+                problems.append("no peer connected (bootstrap or hosts unreachable)")
+            if finished and failed / finished >= 0.5:
+                problems.append(f"{failed} of {finished} finished jobs failed")
+        status = "disconnected" if not self._connected else "degraded" if problems else "healthy"
         return {
-            "status": "healthy"
-            if self._connected and (finished == 0 or failed / finished < 0.5)
-            else "degraded"
-            if self._connected
-            else "disconnected",
+            "status": status,
+            "problems": problems,
             "mode": self.config.mode,
             "connected": self._connected,
             "active_jobs": len(active),
-            "p2p": self.get_p2p_status(),
+            "failure_rate": failed / finished if finished else 0.0,
+            "p2p": p2p,
             "blacklisted_nodes": sorted(self._reliability.blacklisted()),
+            "journal": self.config.recovery.journal_path if self._recorder is not None else None,
             "jobs": dict(self._counters),
         }
 
@@ -1647,6 +2021,7 @@ class FabstirSDK:
             "failover_details": failovers,
             "failures": failures,
             "blacklisted_nodes": sorted(self._reliability.blacklisted()),
+            "hosts": [dataclasses.asdict(h) for h in self._reliability.report()],
         }
 
     # ------------------------------------------------------------------------------------------ helpers

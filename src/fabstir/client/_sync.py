@@ -19,6 +19,7 @@ from .._models import (
     CostBreakdown,
     CostEstimate,
     JobDetails,
+    JobRecoveryInfo,
     JobRequest,
     JobStatus,
     ModelInfo,
@@ -262,6 +263,15 @@ class FabstirSDKSync:
     ) -> SyncResponseStream:
         return SyncResponseStream(self._sdk.create_response_stream(_ref(job), resume_from), self._loop)
 
+    def resume_response_stream(
+        self, job: JobRef | SyncJobHandle, resume_from: int | None = None
+    ) -> SyncResponseStream:
+        stream = self._loop.run(self._sdk.resume_response_stream(_ref(job), resume_from))
+        return SyncResponseStream(stream, self._loop)
+
+    def get_job_recovery_info(self, job: JobRef | SyncJobHandle) -> JobRecoveryInfo:
+        return self._loop.run(self._sdk.get_job_recovery_info(_ref(job)))
+
     # payments
     def get_payment_details(self, job: JobRef | SyncJobHandle) -> PaymentDetails:
         return self._loop.run(self._sdk.get_payment_details(_ref(job)))
@@ -299,3 +309,6 @@ class FabstirSDKSync:
 
     def get_error_recovery_report(self) -> dict[str, Any]:
         return self._sdk.get_error_recovery_report()
+
+    def transition_mode(self, mode: str, **changes: Any) -> None:
+        self._loop.run(self._sdk.transition_mode(mode, **changes))

@@ -22,6 +22,7 @@ from .._exceptions import (
     ErrorCode,
     FabstirError,
     HostError,
+    PeerUnreachableError,
     RemoteProtocolError,
     TimeoutError,
     TransportError,
@@ -53,6 +54,9 @@ _log = logging.getLogger("fabstir.jobs")
 #: First pause between attempts to reopen a broken stream (then doubling, at most _RESUME_MAX_DELAY).
 _RESUME_FIRST_DELAY = 0.05
 _RESUME_MAX_DELAY = 1.0
+#: Seconds of refused dials after which a resume gives up before its timeout: the host's process is gone
+#: or the network is down for more than a blip, and another host is the better bet.
+_RESUME_UNREACHABLE_FOR = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +73,8 @@ class JobRunner:
 
     A stream that breaks without ``End`` or ``Error`` (a dropped connection, not a host that said it
     failed) is reopened to the same host with ``reconnect`` and the job resumed from the next token it
-    owes us (``Resume``), at most ``max_resumes`` times per job, each within the inter-token timeout.
+    owes us (``Resume``), at most ``max_resumes`` times per job, each within ``resume_timeout`` (at most
+    the inter-token timeout).
     The host keeps a broken job for a while for exactly this; if it no longer has it, the job fails.
     """
 
@@ -93,6 +98,7 @@ class JobRunner:
         base_amount: int = 0,
         keep_open: bool = False,
         model: str | None = None,
+        resume_timeout: float | None = None,
     ) -> None:
         self.job_key = job_key
         self.offer = offer
@@ -122,6 +128,10 @@ class JobRunner:
         self.base_amount = base_amount
         self._keep_open = keep_open
         self._model = model  # the model requested; None: the host's TokenBatch.model is not checked
+        #: how long reopening a broken stream may take (None: the inter-token timeout)
+        self._resume_timeout = (
+            inter_token_timeout if resume_timeout is None else min(resume_timeout, inter_token_timeout)
+        )
 
     @property
     def signed_amount(self) -> int:
@@ -219,14 +229,15 @@ class JobRunner:
 
     async def _resume(self, cause: TransportError) -> bool:
         """Reopens the stream to the same host and resumes the job; ``False`` if that is not possible
-        (no reconnect, cancelled, out of attempts, the host unreachable within the inter-token timeout)."""
+        (no reconnect, cancelled, out of attempts, the host unreachable within the resume timeout)."""
         if self._reconnect is None or self._cancel_sent or self.resumes >= self._max_resumes:
             return False
         self.resumes += 1
         await self._channel.reset()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._inter_timeout
+        deadline = loop.time() + self._resume_timeout
         delay = _RESUME_FIRST_DELAY
+        unreachable_since: float | None = None
         _log.info("job %s: the stream to %s broke (%s); resuming", self.job_key, self.peer_id, cause)
         while True:
             channel: FrameChannel | None = None
@@ -244,7 +255,18 @@ class JobRunner:
             except (FabstirError, builtins.TimeoutError) as exc:
                 if channel is not None:
                     await channel.reset()
-                if isinstance(exc, RemoteProtocolError) or loop.time() + delay >= deadline:
+                if not isinstance(exc, PeerUnreachableError):
+                    unreachable_since = None
+                elif unreachable_since is None:
+                    unreachable_since = loop.time()
+                if (
+                    isinstance(exc, RemoteProtocolError)
+                    or (
+                        unreachable_since is not None
+                        and loop.time() - unreachable_since >= _RESUME_UNREACHABLE_FOR
+                    )
+                    or loop.time() + delay >= deadline
+                ):
                     _log.info("job %s: could not resume on %s: %s", self.job_key, self.peer_id, exc)
                     return False
             await asyncio.sleep(delay)

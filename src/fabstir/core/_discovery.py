@@ -73,13 +73,19 @@ class NodeDiscovery:
         self._cache: dict[str | None, tuple[float, list[NodeInfo]]] = {}
 
     def invalidate(self, peer_id: str | None = None) -> None:
-        """Forgets cached results (all, or those listing ``peer_id``), so the next lookup asks the network."""
+        """Forgets cached results: all of them (the next lookup asks the network), or only ``peer_id``
+        (a host that just failed) — the other cached hosts stay, so a failover does not wait on a network
+        lookup that may itself be slowed by the failed host (a frozen DHT server stalls queries routed
+        through it). A result left empty is dropped."""
         if peer_id is None:
             self._cache.clear()
             return
-        for key, (_, nodes) in list(self._cache.items()):
-            if any(n.peer_id == peer_id for n in nodes):
+        for key, (when, nodes) in list(self._cache.items()):
+            kept = [n for n in nodes if n.peer_id != peer_id]
+            if not kept:
                 del self._cache[key]
+            elif len(kept) != len(nodes):
+                self._cache[key] = (when, kept)
 
     async def discover(self, flt: DiscoveryFilter, *, force_refresh: bool = False) -> list[NodeInfo]:
         """Live nodes matching ``flt`` (unordered); cached per model for ``cache_ttl`` seconds."""

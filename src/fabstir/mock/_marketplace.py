@@ -98,7 +98,8 @@ class MockMarketplace:
                 for model in spec.models
             }
             backend = SimulatedBackend(
-                spec.models,
+                # the serve_model fault's model is served (never advertised): its text is that model's
+                (*spec.models, spec.serve_model) if spec.serve_model else spec.models,
                 token_delay=(1.0 / spec.tokens_per_second) if pacing else 0.0,
                 first_token_delay=(spec.latency_ms / 1000.0) if pacing else 0.0,
                 seed=self.config.seed,
@@ -109,6 +110,9 @@ class MockMarketplace:
                 first_token_delay=spec.first_token_delay,
                 overclaim_tokens=spec.overclaim_tokens,
                 error_at_token=spec.error_at_token,
+                # in-process, a "stop" fault hangs the job (there is no process to freeze)
+                stop_at_token=spec.hang_at_token,
+                serve_model=spec.serve_model,
             )
             node = HostNode(
                 HostConfig(
