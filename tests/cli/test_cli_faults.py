@@ -146,6 +146,6 @@ def test_fault_options_are_hidden(runner: CliRunner) -> None:
 def test_the_hook_signals_this_process(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     """The hook given to the node sends the named signal to the host's own process id."""
     sent: list[tuple[int, int]] = []
-    monkeypatch.setattr(_network.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))  # the os module _network uses
     _network._signal_self(name)
     assert sent == [(os.getpid(), getattr(signal, name))]

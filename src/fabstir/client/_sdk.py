@@ -1195,13 +1195,21 @@ class FabstirSDK:
                 else ""
             )
             raise DiscoveryError(f"no live host serves model {req.model}{limit}", job_id=job.job_id)
-        offers, rejections = await self._negotiate(
-            job,
-            req,
-            nodes[: self.config.negotiation_fanout],
-            continuation=job.buffer.text if delivered else "",
-            first=delivered,
-        )
+        # Ask the best K hosts; if none of them takes the job (all busy, say), the next K, and so on.
+        fanout = self.config.negotiation_fanout
+        offers: list[OfferInHand] = []
+        rejections: list[Rejection] = []
+        for start in range(0, len(nodes), fanout):
+            offers, refused = await self._negotiate(
+                job,
+                req,
+                nodes[start : start + fanout],
+                continuation=job.buffer.text if delivered else "",
+                first=delivered,
+            )
+            rejections += refused
+            if offers:
+                break
         job.rejections = rejections
         if not offers:
             reasons = sorted({r.reason for r in rejections})

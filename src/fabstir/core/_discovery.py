@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -71,6 +72,7 @@ class NodeDiscovery:
         self._clock = clock
         self._monotonic = monotonic
         self._cache: dict[str | None, tuple[float, list[NodeInfo]]] = {}
+        self._inflight: dict[str | None, asyncio.Future[list[NodeInfo]]] = {}
 
     def invalidate(self, peer_id: str | None = None) -> None:
         """Forgets cached results: all of them (the next lookup asks the network), or only ``peer_id``
@@ -93,12 +95,26 @@ class NodeDiscovery:
         if cached is not None and not force_refresh and self._monotonic() - cached[0] < self._cache_ttl:
             nodes = cached[1]
         else:
-            nodes = await self._lookup(flt.model)
-            self._cache[flt.model] = (self._monotonic(), nodes)
+            # One lookup per model at a time: jobs submitted together share it instead of each walking
+            # the DHT and pinging every host (20 at once overloaded both, and some found no host at all).
+            lookup = self._inflight.get(flt.model)
+            if lookup is None:
+                lookup = asyncio.ensure_future(self._lookup_and_cache(flt.model))
+                self._inflight[flt.model] = lookup
+                lookup.add_done_callback(functools.partial(self._lookup_done, flt.model))
+            nodes = await asyncio.shield(lookup)
         now = self._clock()
         fresh = [n for n in nodes if n.record_expires > now]
         scored = [self._with_reliability(n) for n in fresh]
         return [n for n in scored if self._matches(n, flt)]
+
+    def _lookup_done(self, model: str | None, _: object) -> None:
+        self._inflight.pop(model, None)
+
+    async def _lookup_and_cache(self, model: str | None) -> list[NodeInfo]:
+        nodes = await self._lookup(model)
+        self._cache[model] = (self._monotonic(), nodes)
+        return nodes
 
     def _with_reliability(self, node: NodeInfo) -> NodeInfo:
         return replace(node, reliability=self._reliability.reliability(node.peer_id))
