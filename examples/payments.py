@@ -45,7 +45,9 @@ async def transactions_with_settlement(sdk: FabstirSDK, job_id: int) -> list[Cha
 async def main(devnet_dir: Path) -> None:
     # from_devnet reads the devnet file: the bootstrap peers, the chain's URL and contract addresses,
     # and the key of a funded test account kept for clients.
-    async with FabstirSDK.from_devnet(devnet_dir) as sdk:
+    # selection_strategy="price": the cheapest host gets the job (the default ranks by reliability first,
+    # with latency as a tie-breaker, so which of equally reliable hosts wins can vary from run to run).
+    async with FabstirSDK.from_devnet(devnet_dir, selection_strategy="price") as sdk:
         print(f"client {sdk.get_address()} on chain {sdk.get_chain_id()}")
 
         def on_payment(event: Event) -> None:
