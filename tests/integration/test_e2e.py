@@ -22,7 +22,9 @@ from fabstir import (
     PaymentStatus,
     ValidationError,
 )
-from fabstir.devnet import Devnet, DevnetFile, DevnetOptions
+from fabstir.devnet import DevnetFile, DevnetOptions
+
+from ._chain import running_devnet
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -35,15 +37,9 @@ BASE_PRICE = 1_000_000_000
 
 @pytest.fixture(scope="module")
 def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevnetFile]:
-    network = Devnet(
-        tmp_path_factory.mktemp("devnet"),
-        DevnetOptions(hosts=HOSTS, backend="simulated", token_delay=0.005, max_concurrent_jobs=4),
-    )
-    file = asyncio.run(network.up())
-    try:
+    options = DevnetOptions(hosts=HOSTS, backend="simulated", token_delay=0.005, max_concurrent_jobs=4)
+    with running_devnet(tmp_path_factory.mktemp("devnet"), options) as file:
         yield file
-    finally:
-        asyncio.run(network.down())
 
 
 async def test_twenty_concurrent_jobs_over_five_hosts_with_invalid_requests_mixed_in(

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -26,7 +24,9 @@ import pytest
 from fabstir import EventName, FabstirError, FabstirSDK, JobStatus, PaymentStatus
 from fabstir.backend import BUILTIN_MODEL_ID
 from fabstir.chain._web3 import Web3Ledger
-from fabstir.devnet import Devnet, DevnetFile, DevnetOptions
+from fabstir.devnet import DevnetFile, DevnetOptions
+
+from ._chain import devnet_ledger, gas_cost, rpc, running_devnet
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -41,48 +41,15 @@ KILL_AT = 5
 
 @pytest.fixture(scope="module")
 def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevnetFile]:
-    network = Devnet(
-        tmp_path_factory.mktemp("devnet"), DevnetOptions(hosts=2, backend="builtin", start_timeout=120.0)
-    )
-    file = asyncio.run(network.up())
-    try:
+    options = DevnetOptions(hosts=2, backend="builtin", start_timeout=120.0)
+    with running_devnet(tmp_path_factory.mktemp("devnet"), options) as file:
         yield file
-    finally:
-        asyncio.run(network.down())
 
 
 @pytest.fixture
 async def ledger(devnet: DevnetFile) -> AsyncIterator[Web3Ledger]:
-    assert devnet.rpc_url is not None
-    contracts = dict(devnet.contracts)
-    ledger = await Web3Ledger.connect(
-        devnet.rpc_url, payment_sessions=contracts["PaymentSessions"], host_registry=contracts["HostRegistry"]
-    )
-    try:
+    async with devnet_ledger(devnet) as ledger:
         yield ledger
-    finally:
-        await ledger.aclose()
-
-
-def _rpc(url: str, method: str, *params: object) -> object:
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}).encode()
-    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())["result"]
-
-
-async def _gas_cost(ledger: Web3Ledger, address: str, first_block: int) -> int:
-    """What ``address`` paid for gas in the blocks from ``first_block`` on (read from the chain)."""
-    w3 = ledger._tx.w3
-    total = 0
-    for number in range(first_block, await w3.eth.block_number + 1):
-        block = await w3.eth.get_block(number, full_transactions=True)
-        for tx in block["transactions"]:
-            assert not isinstance(tx, bytes)
-            if str(tx["from"]).lower() == address.lower():
-                receipt = await w3.eth.get_transaction_receipt(tx["hash"])
-                total += int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"])
-    return total
 
 
 async def test_a_killed_host_is_replaced_and_every_wei_is_accounted_for(
@@ -124,11 +91,11 @@ async def test_a_killed_host_is_replaced_and_every_wei_is_accounted_for(
         dead = await ledger.get_session(str(failed.session_id))
         # host 1 never settles: the client reclaims its deposit once the chain passes the expiry
         assert not dead.closed
-        _rpc(devnet.rpc_url, "evm_increaseTime", int(dead.expiry - await ledger.timestamp()) + 1)
-        _rpc(devnet.rpc_url, "evm_mine")
+        rpc(devnet.rpc_url, "evm_increaseTime", int(dead.expiry - await ledger.timestamp()) + 1)
+        rpc(devnet.rpc_url, "evm_mine")
         reclaimed = await sdk.reclaim_expired_sessions()
         after = await ledger.balance_of(client)
-        gas = await _gas_cost(ledger, client, first_block)
+        gas = await gas_cost(ledger, client, first_block)
     assert details.status is JobStatus.COMPLETED
     assert indices == list(range(len(indices)))
     assert "".join(texts) == details.result

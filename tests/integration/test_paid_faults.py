@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -38,7 +36,7 @@ from fabstir.backend import BUILTIN_MODEL_ID
 from fabstir.chain import SessionInfo
 from fabstir.chain._web3 import Web3Ledger
 from fabstir.core._channel import FrameChannel
-from fabstir.devnet import Devnet, DevnetFile, DevnetOptions
+from fabstir.devnet import DevnetFile, DevnetOptions
 from fabstir.devnet._file import DevnetProcess
 from fabstir.protocol import (
     PROTOCOL_ID,
@@ -57,6 +55,8 @@ from fabstir.protocol import (
 )
 from fabstir.transport import PeerInfo, parse_peer_addr
 from fabstir.transport._libp2p import Libp2pTransport
+
+from ._chain import devnet_ledger, gas_cost, rpc, running_devnet
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
@@ -80,29 +80,16 @@ SEED = 1
 def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevnetFile]:
     """A devnet (embedded chain with the contracts, bootstrap peer, two hosts serving the built-in model
     at 1 and 2 gwei per token) for the whole module; stopped at its end."""
-    network = Devnet(
-        tmp_path_factory.mktemp("devnet"),
-        DevnetOptions(hosts=2, backend="builtin", start_timeout=120.0),
-    )
-    file = asyncio.run(network.up())
-    try:
+    options = DevnetOptions(hosts=2, backend="builtin", start_timeout=120.0)
+    with running_devnet(tmp_path_factory.mktemp("devnet"), options) as file:
         yield file
-    finally:
-        asyncio.run(network.down())
 
 
 @pytest.fixture
 async def ledger(devnet: DevnetFile) -> AsyncIterator[Web3Ledger]:
     """A ledger on the devnet's chain, for the client's own transactions and for reading balances."""
-    assert devnet.rpc_url is not None
-    contracts = dict(devnet.contracts)
-    ledger = await Web3Ledger.connect(
-        devnet.rpc_url, payment_sessions=contracts["PaymentSessions"], host_registry=contracts["HostRegistry"]
-    )
-    try:
+    async with devnet_ledger(devnet) as ledger:
         yield ledger
-    finally:
-        await ledger.aclose()
 
 
 @dataclass
@@ -200,20 +187,6 @@ async def _closed_session(ledger: Web3Ledger, session_id: str, *, patience: floa
     return session
 
 
-async def _gas_cost(ledger: Web3Ledger, address: str, first_block: int) -> int:
-    """What ``address`` spent on gas from ``first_block`` on, read from the chain's receipts."""
-    w3 = ledger._tx.w3
-    total = 0
-    for number in range(first_block, await w3.eth.block_number + 1):
-        block = await w3.eth.get_block(number, full_transactions=True)
-        for tx in block["transactions"]:
-            if isinstance(tx, bytes) or str(tx["from"]).lower() != address.lower():
-                continue
-            receipt = await w3.eth.get_transaction_receipt(tx["hash"])
-            total += int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"])
-    return total
-
-
 async def _balances(ledger: Web3Ledger, *addresses: str) -> list[int]:
     return [await ledger.balance_of(a) for a in addresses]
 
@@ -246,7 +219,7 @@ async def test_a_client_that_stops_receipting_is_cut_off_and_pays_only_what_it_r
             tail = await job.channel.stream.read()
         session = await _closed_session(ledger, job.session.session_id)
         client_gas = ledger.gas_spent(client.address)
-        host_gas = await _gas_cost(ledger, job.offer.payment_address, first_block)
+        host_gas = await gas_cost(ledger, job.offer.payment_address, first_block)
         client_after, host_after, treasury_after = await _balances(
             ledger, client.address, job.offer.payment_address, ledger.treasury
         )
@@ -260,7 +233,7 @@ async def test_a_client_that_stops_receipting_is_cut_off_and_pays_only_what_it_r
     assert fee > 0
     assert (session.settled, session.refunded) == (paid, job.session.deposit - paid)
     assert client_after - client_before == -paid - client_gas
-    assert client_gas == await _gas_cost(ledger, client.address, first_block)  # the opening, nothing else
+    assert client_gas == await gas_cost(ledger, client.address, first_block)  # the opening, nothing else
     assert host_after - host_before == paid - fee - host_gas
     assert treasury_after - treasury_before == fee
 
@@ -296,16 +269,6 @@ async def test_a_bogus_receipt_gets_an_error_and_only_valid_receipts_are_paid(
     paid = K * price
     assert (session.settled, session.refunded) == (paid, job.session.deposit - paid)
     assert after - before == -paid - ledger.gas_spent(client.address)  # its gas: the opening
-
-
-def _rpc(url: str, method: str, *params: object) -> object:
-    """One JSON-RPC call to the devnet's chain (the test-only ``evm_*`` methods web3 has no call for)."""
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}).encode()
-    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        reply = json.loads(answer.read())
-    assert "error" not in reply, reply
-    return reply["result"]
 
 
 async def test_a_host_that_never_settles_lets_the_client_reclaim_its_deposit_after_expiry(
@@ -360,13 +323,13 @@ async def test_a_host_that_never_settles_lets_the_client_reclaim_its_deposit_aft
         assert not session.closed
         assert session.settled == 0
         seconds = int(session.expiry - await ledger.timestamp()) + 1
-        _rpc(devnet.rpc_url, "evm_increaseTime", seconds)
-        _rpc(devnet.rpc_url, "evm_mine")
+        rpc(devnet.rpc_url, "evm_increaseTime", seconds)
+        rpc(devnet.rpc_url, "evm_mine")
         assert await ledger.timestamp() > session.expiry
         details = await sdk.request_refund(handle)
         (after,) = await _balances(ledger, client)
         gas = sdk.get_gas_spent()
-        chain_gas = await _gas_cost(ledger, client, first_block)  # opening and reclaiming
+        chain_gas = await gas_cost(ledger, client, first_block)  # opening and reclaiming
     assert received >= 1
     # the stream ended without End or Error, and the job could not be resumed on the dead host
     assert isinstance(failure, TransportError), repr(failure)

@@ -135,6 +135,12 @@ def _fee(ledger: PaymentLedger, cumulative: int) -> int:
     return cumulative * ledger.fee_basis_points // 10_000
 
 
+def _share(settled: int, end: int, base: int) -> int:
+    """A job's part of a session that settled ``settled`` in all: what its receipts added (from ``base``
+    to ``end``), as far as it was settled."""
+    return max(0, min(settled, end) - base)
+
+
 @dataclass(frozen=True, slots=True)
 class JobHandle:
     """What ``submit_job`` returns: the job id and, with ``stream=True``, its response stream."""
@@ -1287,20 +1293,7 @@ class FabstirSDK:
             completion_tokens=len(job.buffer.tokens),
         )
         job.host = job.legs[-1].host if job.legs else None
-        job.buffer.finish(summary)
-        self._events.emit(
-            EventName.STREAM_END,
-            job_id=job.job_id,
-            node_id=job.host,
-            total_tokens=summary.total_tokens,
-            finish_reason=summary.finish_reason.value,
-        )
-        self._set_status(job, JobStatus.COMPLETED)
-        self._counters["jobs_completed"] += 1
-        self._events.emit(
-            EventName.JOB_COMPLETED, job_id=job.job_id, node_id=job.host, tokens=summary.total_tokens
-        )
-        job.done.set()
+        self._end_stream(job, summary)
 
     async def _execute(self, job: _Job, chosen: OfferInHand) -> None:
         ledger = self._require_ledger()
@@ -1456,6 +1449,11 @@ class FabstirSDK:
         summary = runner.summary(outcome)
         if job.legs:  # the completion spans every host that worked on it
             summary = dataclasses.replace(summary, completion_tokens=summary.total_tokens)
+        self._end_stream(job, summary)
+
+    def _end_stream(self, job: _Job, summary: StreamSummary) -> None:
+        """The job's stream ended well: it is COMPLETED (CANCELLED if the user asked), and its payment is
+        followed on the ledger."""
         job.buffer.finish(summary)
         self._events.emit(
             EventName.STREAM_END,
@@ -1580,7 +1578,7 @@ class FabstirSDK:
         job.session = session
         if self._recorder is not None:
             self._recorder.session_changed(job.job_id, session.session_id, signed_amount=end, session=session)
-        share = max(0, min(session.settled, end) - job.base_amount)
+        share = _share(session.settled, end, job.base_amount)
         job.settled = share
         closing_job = session.closed and job.closes_session
         if share and session.settled >= end:
@@ -1674,7 +1672,7 @@ class FabstirSDK:
             actual = (PaymentStatus.NONE, 0, 0)
         else:
             end = self._job_end_amount(job)
-            share = max(0, min(session.settled, end) - job.base_amount)
+            share = _share(session.settled, end, job.base_amount)
             closing = session.closed and job.closes_session
             if share and session.settled >= end:
                 status = PaymentStatus.RELEASED
@@ -1925,7 +1923,7 @@ class FabstirSDK:
         return changed
 
     def _journal_payment(self, job_id: int, saved: JournalSession, session: SessionInfo) -> PaymentDetails:
-        share = max(0, min(session.settled, saved.signed_amount) - saved.base_amount)
+        share = _share(session.settled, saved.signed_amount, saved.base_amount)
         return PaymentDetails(
             job_id=job_id,
             session_id=session.session_id,
