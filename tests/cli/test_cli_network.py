@@ -45,6 +45,10 @@ def one_error_line(output: str) -> str:
         (["--no-escrow", "--backend", "simulated", "--model", "=x"], "--model must be ID"),
         (["--no-escrow", "--backend", "simulated", "--max-concurrent-jobs", "0"], "max_concurrent_jobs"),
         (["--no-escrow", "--backend", "simulated", "--status-interval", "-1"], "--status-interval"),
+        (
+            ["--no-escrow", "--backend", "simulated", "--idle-connection-timeout", "0"],
+            "idle_connection_timeout",
+        ),
         (["--no-escrow", "--backend", "simulated", "--private-key", "0x1234"], "wallet key"),
     ],
 )

@@ -4,8 +4,13 @@ trusted only if it validates against the provider's own peer id, wherever it cam
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import time
 
+import pytest
+
+from fabstir import TransportError
 from fabstir.core._discovery import DiscoveryFilter, NodeDiscovery
 from fabstir.core._reliability import ReliabilityTracker
 from fabstir.protocol import (
@@ -18,7 +23,7 @@ from fabstir.protocol import (
     encode_capability_record,
     service_key,
 )
-from fabstir.transport import InMemoryNetwork, InMemoryTransport, Stream
+from fabstir.transport import InMemoryNetwork, InMemoryTransport, PeerInfo, Stream
 
 
 def _record(peer_id: str, *, seq: int = 1, load: int = 0) -> CapabilityRecord:
@@ -137,3 +142,30 @@ async def test_a_host_handing_out_another_peer_s_record_or_garbage_is_not_truste
     client = await _start(network)
     nodes = await _discovery(client).discover(DiscoveryFilter())
     assert [n.peer_id for n in nodes] == [honest.peer_id]
+
+
+async def test_a_lookup_that_fails_after_its_waiters_gave_up_is_not_an_unhandled_error() -> None:
+    """A shared lookup whose only waiter timed out and which then fails (the network went away) ends
+    quietly: its exception is retrieved, so asyncio never reports a 'Task exception was never retrieved'
+    — and the next discovery starts a new lookup instead of reusing the failed one."""
+    network = InMemoryNetwork()
+    client = await _start(network)
+    calls: list[int] = []
+
+    async def failing_find_providers(key: bytes, count: int) -> list[PeerInfo]:
+        calls.append(1)
+        await asyncio.sleep(0.05)
+        raise TransportError("the network went away")
+
+    client.find_providers = failing_find_providers  # type: ignore[method-assign]
+    unhandled: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: unhandled.append(context))
+    discovery = _discovery(client)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(discovery.discover(DiscoveryFilter()), 0.01)
+    await asyncio.sleep(0.1)  # the lookup fails with nobody waiting
+    gc.collect()  # an unretrieved exception is reported when its task is destroyed
+    assert unhandled == []
+    with pytest.raises(TransportError):
+        await discovery.discover(DiscoveryFilter())
+    assert calls == [1, 1]

@@ -475,3 +475,44 @@ async def test_latencies_on_a_five_node_network() -> None:
         timings["get_value"] = time.perf_counter() - started
     report = ", ".join(f"{name} {seconds * 1000:.1f} ms" for name, seconds in timings.items())
     print(f"\n5 nodes, one process: {report}; bulk {bulk_rate:.1f} MB/s (8 MiB there and back)")
+
+
+async def test_idle_connections_are_closed_busy_and_bootstrap_ones_kept() -> None:
+    """With idle_connection_timeout a node closes a connection that carried no stream for that long,
+    keeps one with an open stream however long it lasts, never closes its bootstrap peers' — and a
+    closed connection is dialled again when needed. Without the option nothing is closed."""
+    timeout = 0.4
+    async with (
+        Libp2pTransport(PeerIdentity()) as boot,
+        Libp2pTransport(PeerIdentity()) as idle,
+        Libp2pTransport(PeerIdentity()) as busy,
+        Libp2pTransport(PeerIdentity()) as untrimmed,
+        Libp2pTransport(PeerIdentity(), bootstrap=[info(boot)], idle_connection_timeout=timeout) as node,
+        asyncio.timeout(LIMIT),
+    ):
+        node.set_stream_handler(ECHO, echo)
+        events = PeerEvents()
+        node.add_peer_listener(events)
+        await idle.connect(info(node))
+        long_stream = await busy.open_stream(info(node), ECHO)
+        await untrimmed.connect(info(idle))  # idle runs without the option: it never closes it
+        await events.wait_for(PeerEventKind.DISCONNECTED, idle.peer_id)
+        await asyncio.sleep(3 * timeout)  # several more sweeps
+        assert busy.peer_id in node.connected_peers()
+        assert boot.peer_id in node.connected_peers()
+        assert idle.peer_id not in node.connected_peers()
+        assert untrimmed.peer_id in idle.connected_peers()
+        await long_stream.write(b"still here")
+        await long_stream.close()
+        assert await read_all(long_stream) == b"still here"
+        again = await idle.open_stream(info(node), ECHO)  # redialled
+        await again.write(b"back")
+        await again.close()
+        assert await read_all(again) == b"back"
+
+
+def test_idle_connection_timeout_must_be_positive() -> None:
+    """A zero, negative or infinite idle timeout is a ConfigurationError naming the option."""
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ConfigurationError, match="idle_connection_timeout"):
+            Libp2pTransport(PeerIdentity(), idle_connection_timeout=bad)

@@ -188,6 +188,13 @@ def _announce_option(fn: Any) -> Any:
     "--ping-timeout", type=float, default=5.0, show_default=True, help="A peer silent this long is dropped."
 )
 @click.option(
+    "--idle-connection-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Close a connection that carried no stream this long (the DHT redials when it needs it).",
+)
+@click.option(
     "--status-interval",
     type=float,
     default=60.0,
@@ -224,6 +231,7 @@ async def host_run(
     session_idle_timeout: float,
     ping_interval: float,
     ping_timeout: float,
+    idle_connection_timeout: float,
     status_interval: float,
     ready_file: Path | None,
     fault_kill_at_token: int | None,
@@ -264,6 +272,7 @@ async def host_run(
         private_key=private_key,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
+        idle_connection_timeout=idle_connection_timeout,
         settlement=settlement,
         session_idle_timeout=session_idle_timeout,
         faults=_host_faults(

@@ -108,8 +108,12 @@ class NodeDiscovery:
         scored = [self._with_reliability(n) for n in fresh]
         return [n for n in scored if self._matches(n, flt)]
 
-    def _lookup_done(self, model: str | None, _: object) -> None:
+    def _lookup_done(self, model: str | None, lookup: asyncio.Future[list[NodeInfo]]) -> None:
         self._inflight.pop(model, None)
+        # Its waiters may all have given up (their deadline, a cancelled job): the outcome is then
+        # nobody's, and an unretrieved exception would be logged as "never retrieved" at shutdown.
+        if not lookup.cancelled() and (error := lookup.exception()) is not None:
+            _log.debug("a discovery lookup failed: %r", error)
 
     async def _lookup_and_cache(self, model: str | None) -> list[NodeInfo]:
         nodes = await self._lookup(model)

@@ -51,6 +51,8 @@ class BootstrapPeer:
             # every peer of the network connects here: a slow ping pace keeps the CPU cost per peer low
             ping_interval=10.0,
             ping_timeout=5.0,
+            # and it keeps only the connections in use (the DHT redials; peers keep their own to it)
+            idle_connection_timeout=60.0,
         )
         await transport.start()
         self._transport = transport

@@ -115,6 +115,9 @@ class HostServiceOptions:
     # (2 s); each ping costs CPU, times the number of peers.
     ping_interval: float = 10.0
     ping_timeout: float = 5.0
+    # Connections that carried no stream for this long are closed (the DHT redials when it needs one):
+    # otherwise a host keeps, and pings, a connection to every peer its DHT walks ever reached.
+    idle_connection_timeout: float = 60.0
     record_ttl: float = 300.0
     record_refresh: float = 60.0
     settlement: str = "per_job"
@@ -140,7 +143,13 @@ class HostServiceOptions:
                 raise ConfigurationError(f"the price of {model} must be a positive integer, got {price!r}")
         if not (math.isfinite(self.token_delay) and self.token_delay >= 0):
             raise ConfigurationError("token_delay must be a non-negative number of seconds")
-        for name in ("dial_timeout", "stream_timeout", "ping_interval", "ping_timeout"):
+        for name in (
+            "dial_timeout",
+            "stream_timeout",
+            "ping_interval",
+            "ping_timeout",
+            "idle_connection_timeout",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
@@ -276,6 +285,7 @@ class HostService:
                 dial_timeout=options.dial_timeout,
                 stream_timeout=options.stream_timeout,
                 ping_interval=options.ping_interval,
+                idle_connection_timeout=options.idle_connection_timeout,
                 ping_timeout=options.ping_timeout,
             )
             await transport.start()

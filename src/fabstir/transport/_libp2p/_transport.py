@@ -71,6 +71,10 @@ class Libp2pTransport:
       identify, :attr:`listen_addrs`): a node listening on ``0.0.0.0`` announces its public address;
     * ``dht_mode="client"`` queries the DHT without serving it (SDK clients, peers behind NAT);
     * ``bootstrap`` peers are dialled and put in the routing table at start (failures are logged);
+    * ``idle_connection_timeout``: if given, a connection that has carried no stream for that long is
+      closed (bootstrap peers' are kept). Without it a DHT server keeps a connection to every peer its
+      walks ever reached, and pings each: a cost that grows with the network. The DHT dials again when
+      it needs the peer; hosts and bootstrap peers set it, clients (few connections, jobs) do not;
     * ``clock`` is the wall clock capability records are checked against.
 
     Buffering: an unread stream absorbs up to ~16 MiB (yamux grows its window while the reader keeps up)
@@ -89,6 +93,7 @@ class Libp2pTransport:
         stream_timeout: float = 10.0,
         ping_interval: float = 2.0,
         ping_timeout: float = 2.0,
+        idle_connection_timeout: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         for name, value in (
@@ -96,6 +101,7 @@ class Libp2pTransport:
             ("stream_timeout", stream_timeout),
             ("ping_interval", ping_interval),
             ("ping_timeout", ping_timeout),
+            ("idle_connection_timeout", 1.0 if idle_connection_timeout is None else idle_connection_timeout),
         ):
             if not (math.isfinite(value) and value > 0):
                 raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
@@ -115,6 +121,7 @@ class Libp2pTransport:
         self._bootstrap = tuple(bootstrap)
         self._dht_mode = dht_mode
         self._settings = HostSettings(dial_timeout, stream_timeout, ping_interval, ping_timeout)
+        self._idle_timeout = idle_connection_timeout
         self._clock = clock
         self._bridge = TrioThread(f"fabstir-libp2p-{identity.peer_id[-6:]}")
         # protocols whose handler the host does not know yet: filled by set_stream_handler (any time),
@@ -137,6 +144,7 @@ class Libp2pTransport:
         self._stop: trio.Event | None = None
         self._serve_scope: trio.CancelScope | None = None
         self._trio_connected: set[ID] = set()
+        self._trio_streams: dict[str, int] = {}  # peer id → our streams with it still being read
 
     # properties ---------------------------------------------------------------------------------------
 
@@ -353,11 +361,14 @@ class Libp2pTransport:
                 async with trio.open_nursery() as nursery:
                     for peer in self._bootstrap:
                         nursery.start_soon(self._trio_bootstrap, dht, peer)
-                async with background_trio_service(dht):
+                async with background_trio_service(dht), trio.open_nursery() as nursery:
                     addrs = tuple(str(addr) for addr in host.get_addrs())
                     self._bridge.post(self._set_addrs, addrs)
+                    if self._idle_timeout is not None:
+                        nursery.start_soon(self._trio_close_idle_connections, host, self._idle_timeout)
                     task_status.started()
                     await self._stop.wait()
+                    nursery.cancel_scope.cancel()
                 await self._trio_close_connections(host)
                 with trio.move_on_after(self._settings.stream_timeout):
                     await host.close()
@@ -404,6 +415,41 @@ class Libp2pTransport:
                     for conn in list(conns):
                         nursery.start_soon(close, conn)
 
+    async def _trio_close_idle_connections(self, host: IHost, timeout: float) -> None:
+        """Every ``timeout / 4`` s: closes the connections of peers that have had no stream for ``timeout``
+        seconds (measured from when a sweep last saw a stream, or first saw the connection)."""
+        network = host.get_network()
+        keep = {_peer_id(peer) for peer in self._bootstrap}
+        last_busy: dict[ID, float] = {}
+        while True:
+            await trio.sleep(timeout / 4)
+            now = trio.current_time()
+            connections = network.get_connections_map()
+            for gone in [peer for peer in last_busy if peer not in connections]:
+                del last_busy[gone]
+            idle: list[INetConn] = []
+            for peer, conns in list(connections.items()):
+                if peer in keep:
+                    continue
+                if str(peer) in self._trio_streams or any(conn.get_streams() for conn in conns):
+                    last_busy[peer] = now
+                elif now - last_busy.setdefault(peer, now) >= timeout:
+                    del last_busy[peer]
+                    idle.extend(conns)
+            if idle:
+                _log.debug("closing %d idle connection(s)", len(idle))
+                async with trio.open_nursery() as closing:
+                    for conn in idle:
+                        closing.start_soon(self._trio_close_quietly, conn)
+
+    @staticmethod
+    async def _trio_close_quietly(conn: INetConn) -> None:
+        with trio.move_on_after(5.0):
+            try:
+                await conn.close()
+            except Exception as exc:
+                _log.debug("closing an idle connection failed: %s", exc)
+
     def _trio_register_protocols(self) -> None:
         host = self._host
         if host is None:
@@ -429,8 +475,21 @@ class Libp2pTransport:
             stream_timeout=self._settings.stream_timeout,
             on_finished=self._stream_finished,
         )
-        self._bridge.spawn(stream.pump)
+        self._bridge.spawn(lambda: self._trio_pump(stream))
         return stream
+
+    async def _trio_pump(self, stream: Libp2pStream) -> None:
+        """Runs the stream's pump, counting it as the peer's open stream meanwhile: libp2p forgets an
+        inbound stream once its handler returns, and ours return at once (the stream lives on)."""
+        peer = stream.remote_peer
+        self._trio_streams[peer] = self._trio_streams.get(peer, 0) + 1
+        try:
+            await stream.pump()
+        finally:
+            if (left := self._trio_streams[peer] - 1) > 0:
+                self._trio_streams[peer] = left
+            else:
+                del self._trio_streams[peer]
 
     def _trio_on_connected(self, peer_id: ID) -> None:
         if peer_id not in self._trio_connected:
