@@ -123,3 +123,65 @@ def test_unknown_model_exits_4(runner: CliRunner) -> None:
 def test_exit_codes(error: FabstirError, code: int) -> None:
     """Each kind of error maps to its documented exit code."""
     assert exit_code_for(error) == code
+
+
+def test_job_status_shows_what_run_recorded(runner: CliRunner, tmp_path: pathlib.Path) -> None:
+    """`fabstir run` records each job in the journal; `fabstir job status ID` shows its status, host,
+    tokens, payment session and text, as a table or as JSON, for every job run with that journal."""
+    journal = str(tmp_path / "mine.sqlite")
+    first = json.loads(
+        runner.invoke(
+            cli, ["--json", "run", "--mock", "--journal", journal, "--max-tokens", "6", "one"]
+        ).output
+    )
+    second = json.loads(
+        runner.invoke(
+            cli, ["--json", "run", "--mock", "--journal", journal, "--max-tokens", "4", "two"]
+        ).output
+    )
+    assert second["job_id"] != first["job_id"]  # the journal never hands out an id twice
+
+    shown = json.loads(
+        runner.invoke(cli, ["--json", "job", "status", "--journal", journal, str(first["job_id"])]).output
+    )
+    assert shown["status"] == "COMPLETED"
+    assert shown["text"] == first["text"]
+    assert shown["tokens"] == first["tokens"] == 6
+    assert shown["host"] == first["host"]
+    [session] = shown["sessions"]
+    assert int(session["signed_for_job"]) == first["cost"]["total"]
+    assert session["closed"] is True
+
+    table = runner.invoke(cli, ["job", "status", "--journal", journal, str(second["job_id"])])
+    assert table.exit_code == 0, table.output
+    assert "COMPLETED" in table.output
+    assert second["text"] in table.output
+
+
+def test_job_status_reads_the_journal_of_fabstir_journal(
+    runner: CliRunner, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --journal both commands use $FABSTIR_JOURNAL (default ~/.fabstir/jobs.sqlite)."""
+    monkeypatch.setenv("FABSTIR_JOURNAL", str(tmp_path / "env.sqlite"))
+    ran = json.loads(runner.invoke(cli, ["--json", "run", "--mock", "--max-tokens", "3", "hi"]).output)
+    assert (tmp_path / "env.sqlite").is_file()
+    shown = json.loads(runner.invoke(cli, ["--json", "job", "status", str(ran["job_id"])]).output)
+    assert shown["text"] == ran["text"]
+
+
+def test_job_status_of_an_unknown_job_exits_8(runner: CliRunner, tmp_path: pathlib.Path) -> None:
+    """An id the journal does not hold, or no journal at all: one error line naming the journal, exit 8,
+    and no journal file is created by asking."""
+    journal = tmp_path / "jobs.sqlite"
+    missing = runner.invoke(cli, ["job", "status", "--journal", str(journal), "1"])
+    assert missing.exit_code == 8
+    assert "no job journal" in missing.output
+    assert str(journal) in missing.output
+    assert not journal.exists()
+
+    runner.invoke(cli, ["run", "--mock", "--journal", str(journal), "--max-tokens", "2", "x"])
+    unknown = runner.invoke(cli, ["--json", "job", "status", "--journal", str(journal), "999"])
+    assert unknown.exit_code == 8
+    assert json.loads(unknown.output)["error"]["code"] == "job_not_found"
+    bad = runner.invoke(cli, ["job", "status", "--journal", str(journal), "-1"])
+    assert bad.exit_code == 2  # a usage error: ids are not negative

@@ -1,7 +1,7 @@
 """The ``fabstir`` command. The only layer that prints or configures logging.
 
 Exit codes: 0 success · 1 unexpected error · 2 usage · 3 configuration · 4 no host / discovery /
-negotiation failure · 5 transport or host failure · 6 payment · 7 timeout · 130 interrupted.
+negotiation failure · 5 transport or host failure · 6 payment · 7 timeout · 8 no such job · 130 interrupted.
 """
 
 from __future__ import annotations
@@ -31,13 +31,16 @@ from .. import (
     FabstirError,
     FabstirSDK,
     HostRejectedError,
+    JobNotFoundError,
     MockConfig,
     PaymentError,
+    RecoveryConfig,
     SDKConfig,
     TimeoutError,
     TransportError,
 )
 from .._version import __version__
+from ..client._journal import JobJournal, JournalEntry
 
 __all__ = ["cli", "main"]
 
@@ -45,6 +48,7 @@ _T = TypeVar("_T")
 DEFAULT_MODEL = "llama-3.2-1b-instruct"
 
 EXIT_ERROR, EXIT_CONFIG, EXIT_NO_HOST, EXIT_TRANSPORT, EXIT_PAYMENT, EXIT_TIMEOUT = 1, 3, 4, 5, 6, 7
+EXIT_NOT_FOUND = 8
 
 
 def exit_code_for(error: BaseException) -> int:
@@ -54,6 +58,8 @@ def exit_code_for(error: BaseException) -> int:
         return EXIT_NO_HOST
     if isinstance(error, TimeoutError):
         return EXIT_TIMEOUT
+    if isinstance(error, JobNotFoundError):
+        return EXIT_NOT_FOUND
     if isinstance(error, PaymentError):
         return EXIT_PAYMENT
     if isinstance(error, TransportError | FabstirError) and error.retryable:
@@ -142,15 +148,46 @@ def _seed_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--seed", type=int, default=0, show_default=True, help="Mock-mode seed.")(fn)
 
 
-def _open_sdk(mock: bool, seed: int, *, pacing: bool = False, devnet_dir: Path | None = None) -> FabstirSDK:
+#: Where ``fabstir run`` records its jobs for ``fabstir job status`` (``--journal`` / $FABSTIR_JOURNAL).
+DEFAULT_JOURNAL = Path("~/.fabstir/jobs.sqlite")
+#: How long the CLI's journal keeps a finished job whose payment sessions are closed: 30 days.
+JOURNAL_TTL = 30 * 24 * 3600.0
+
+
+def _journal_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--journal",
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar="FABSTIR_JOURNAL",
+        default=DEFAULT_JOURNAL,
+        show_default=True,
+        help="The job journal (SQLite file) jobs are recorded in; also $FABSTIR_JOURNAL.",
+    )(fn)
+
+
+def _open_sdk(
+    mock: bool,
+    seed: int,
+    *,
+    pacing: bool = False,
+    devnet_dir: Path | None = None,
+    journal: Path | None = None,
+) -> FabstirSDK:
     """Mock mode when asked; production mode on the network of ``--bootstrap`` if given (without
-    escrow, as the whole of production until the contracts land), else on the running devnet."""
+    escrow), else on the running devnet. Jobs are recorded in ``journal`` if given."""
+    recovery = RecoveryConfig(
+        journal_path=str(journal.expanduser()) if journal is not None else None, recovery_data_ttl=JOURNAL_TTL
+    )
     if mock:
-        return FabstirSDK(SDKConfig(mode="mock", mock=MockConfig(seed=seed, realistic_pacing=pacing)))
+        return FabstirSDK(
+            SDKConfig(mode="mock", mock=MockConfig(seed=seed, realistic_pacing=pacing), recovery=recovery)
+        )
     bootstrap = _bootstrap()
     if bootstrap:
-        return FabstirSDK(mode="production", p2p={"bootstrap_nodes": bootstrap}, chain={"escrow": False})
-    return FabstirSDK.from_devnet(devnet_dir)
+        return FabstirSDK(
+            mode="production", p2p={"bootstrap_nodes": bootstrap}, chain={"escrow": False}, recovery=recovery
+        )
+    return FabstirSDK.from_devnet(devnet_dir, recovery=recovery)
 
 
 def _default_model(mock: bool, model: str | None, devnet_dir: Path | None = None) -> str:
@@ -238,13 +275,23 @@ async def nodes(state: _State, mock: bool, seed: int, model: str | None) -> None
 @click.option("--model", default=None, help="Default: the devnet's model (the mock catalogue's first).")
 @click.option("--max-tokens", type=int, default=128, show_default=True)
 @click.option("--temperature", type=float, default=0.0, show_default=True)
+@_journal_option
 @_run
 async def run(
-    state: _State, prompt: str, mock: bool, seed: int, model: str | None, max_tokens: int, temperature: float
+    state: _State,
+    prompt: str,
+    mock: bool,
+    seed: int,
+    model: str | None,
+    max_tokens: int,
+    temperature: float,
+    journal: Path,
 ) -> None:
-    """Run PROMPT on the marketplace (the running devnet, or --mock) and stream the answer."""
+    """Run PROMPT on the marketplace (the running devnet, or --mock) and stream the answer.
+
+    The job is recorded in the job journal: `fabstir job status ID` shows it later."""
     chosen = _default_model(mock, model)
-    async with _open_sdk(mock, seed) as sdk:
+    async with _open_sdk(mock, seed, journal=journal) as sdk:
         handle = await sdk.submit_job(
             prompt=prompt, model=chosen, max_tokens=max_tokens, temperature=temperature, stream=True
         )
@@ -280,9 +327,93 @@ async def run(
     else:
         click.echo()
         state.err.print(
-            f"[dim]{summary.total_tokens} tokens · {summary.finish_reason.value} · "
+            f"[dim]job {handle.job_id} · {summary.total_tokens} tokens · {summary.finish_reason.value} · "
             f"cost {cost.total / 1e9:g} gwei · host {str(host)[:16]}…[/]"
         )
+
+
+# ---------------------------------------------------------------------------------------------- job
+@cli.group()
+def job() -> None:
+    """Jobs run from this machine, as the job journal recorded them."""
+
+
+@job.command("status")
+@click.argument("job_id", type=click.IntRange(min=0))
+@_journal_option
+@_run
+async def job_status(state: _State, job_id: int, journal: Path) -> None:
+    """Show job JOB_ID (as `fabstir run` printed it): status, host, tokens, payment sessions, text."""
+    entry = await asyncio.to_thread(_read_job, journal, job_id)
+    if state.json:
+        click.echo(json.dumps(_job_json(entry)))
+        return
+    table = Table.grid(padding=(0, 2))
+    table.add_row("status", entry.status)
+    table.add_row("model", str(entry.request.get("model", "?")))
+    table.add_row("host", entry.host or "none yet")
+    table.add_row("tokens", str(entry.tokens))
+    table.add_row("started", _when(entry.created_at))
+    table.add_row("updated", _when(entry.updated_at))
+    if entry.error:
+        table.add_row("error", f"{entry.error} ({entry.error_code})")
+    for index, session in enumerate(entry.sessions):
+        paid = session.signed_amount - session.base_amount
+        table.add_row(
+            "session" if index == 0 else "",
+            f"{session.session_id[:18]}… host {session.host[:16]}… · {paid / 1e9:g} gwei signed for this job"
+            f" · {'closed' if session.closed else 'open'}",
+        )
+    state.out.print(f"[bold]job {entry.job_id}[/]")
+    state.out.print(table)
+    if entry.text:
+        state.out.print()
+        state.out.print(entry.text, markup=False)
+
+
+def _read_job(journal: Path, job_id: int) -> JournalEntry:
+    """The journal's entry of the job; a missing journal is not created, only reported."""
+    path = journal.expanduser()
+    if not path.is_file():
+        raise JobNotFoundError(f"Job {job_id} is not known: there is no job journal at {path}", job_id=job_id)
+    with JobJournal(path, ttl=JOURNAL_TTL) as opened:
+        entry = opened.get(job_id)
+    if entry is None:
+        raise JobNotFoundError(f"Job {job_id} is not in the job journal {path}", job_id=job_id)
+    return entry
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def _job_json(entry: JournalEntry) -> dict[str, Any]:
+    return {
+        "job_id": entry.job_id,
+        "status": entry.status,
+        "model": entry.request.get("model"),
+        "host": entry.host,
+        "tokens": entry.tokens,
+        "text": entry.text,
+        "created_at": entry.created_at,
+        "updated_at": entry.updated_at,
+        "error": entry.error,
+        "error_code": entry.error_code,
+        "sessions": [
+            {
+                "session_id": s.session_id,
+                "host": s.host,
+                "deposit": str(s.deposit),
+                "price_per_token": str(s.price_per_token),
+                "signed_for_job": str(s.signed_amount - s.base_amount),
+                "settled": str(s.settled),
+                "refunded": str(s.refunded),
+                "closed": s.closed,
+                "token": s.token,
+            }
+            for s in entry.sessions
+        ],
+    }
 
 
 # ---------------------------------------------------------------------------------------------- demo
