@@ -28,7 +28,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["Child", "ProcessGroup", "machine_info", "percentile", "quiet_libp2p", "rss_mb"]
+__all__ = [
+    "Child",
+    "ProcessGroup",
+    "machine_info",
+    "percentile",
+    "process_cpu_seconds",
+    "quiet_libp2p",
+    "rss_mb",
+]
 
 _GRACE = 10.0
 _POLL = 0.05
@@ -94,10 +102,14 @@ class ProcessGroup:
         # Synchronous on purpose: it must finish even while the task is being cancelled (Ctrl-C).
         self.stop()
 
-    def spawn(self, name: str, args: Sequence[str]) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    def spawn(
+        self, name: str, args: Sequence[str], script: Path | None = None
+    ) -> tuple[subprocess.Popen[bytes], Path, Path]:
+        """Runs ``python -m fabstir ARGS`` (or ``python SCRIPT ARGS``) with ``--ready-file`` added."""
         ready = self._dir / f"{name}.ready.json"
         log = self._dir / f"{name}.log"
-        command = [sys.executable, "-m", "fabstir", *args, "--ready-file", str(ready)]
+        program = ["-m", "fabstir"] if script is None else [str(script)]
+        command = [sys.executable, *program, *args, "--ready-file", str(ready)]
         with log.open("wb") as out:
             process = subprocess.Popen(
                 command,
@@ -123,9 +135,11 @@ class ProcessGroup:
     async def start(self, name: str, args: Sequence[str]) -> Child:
         return await self.wait_ready(name, *self.spawn(name, args))
 
-    async def start_many(self, specs: Sequence[tuple[str, Sequence[str]]]) -> list[Child]:
+    async def start_many(
+        self, specs: Sequence[tuple[str, Sequence[str]]], script: Path | None = None
+    ) -> list[Child]:
         """Spawns all first (they start in parallel), then waits for each."""
-        spawned = [(name, *self.spawn(name, args)) for name, args in specs]
+        spawned = [(name, *self.spawn(name, args, script)) for name, args in specs]
         return list(await asyncio.gather(*(self.wait_ready(*s) for s in spawned)))
 
     def stop(self) -> None:
@@ -157,6 +171,16 @@ def rss_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far, in seconds (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # after the command name: state is field 3, utime and stime are fields 14 and 15 (man 5 proc)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -103,6 +103,22 @@ async def one_run(
     }
 
 
+def render(result: dict[str, Any]) -> str:
+    """The Markdown table(s) of a results file (docs/BENCHMARKS.md is regenerated from it by
+    bench/report.py)."""
+    lines = [
+        "| host failure | runs | death → failover decided p50 | death → next token p50 | p95 | max |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, what in (("SIGKILL", "killed (SIGKILL)"), ("SIGSTOP", "frozen (SIGSTOP)")):
+        row = result["summary"][name]
+        lines.append(
+            f"| {what} | {row['runs']:.0f} | {row['failover_event_p50'] * 1000:.0f} ms | "
+            f"{row['p50'] * 1000:.0f} ms | {row['p95'] * 1000:.0f} ms | {row['max'] * 1000:.0f} ms |"
+        )
+    return "\n".join(lines)
+
+
 async def main(runs: int) -> None:
     started = time.monotonic()
     results: list[dict[str, Any]] = []
@@ -143,14 +159,7 @@ async def main(runs: int) -> None:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(output, indent=2, sort_keys=True) + "\n")
-    print("| host failure | runs | death → failover decided p50 | death → next token p50 | p95 | max |")
-    print("|---|---|---|---|---|---|")
-    for name, row in table.items():
-        what = "killed (SIGKILL)" if name == "SIGKILL" else "frozen (SIGSTOP)"
-        print(
-            f"| {what} | {row['runs']:.0f} | {row['failover_event_p50'] * 1000:.0f} ms | "
-            f"{row['p50'] * 1000:.0f} ms | {row['p95'] * 1000:.0f} ms | {row['max'] * 1000:.0f} ms |"
-        )
+    print(render(output))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ the last) or **batched** (one `close` with the latest receipt after the last job
 tokens at 1 gwei; the deposit covers all N jobs. Gas is exact (deterministic), so one run suffices.
 
 Run:  .venv/bin/python bench/bench_gas.py
-Writes bench/results/gas.json and prints a Markdown table (pasted into docs/BENCHMARKS.md).
+Writes bench/results/gas.json and prints its Markdown tables (``render``, used by bench/report.py).
 """
 
 from __future__ import annotations
@@ -143,6 +143,36 @@ async def _session(
     }
 
 
+def render(result: dict[str, Any]) -> str:
+    """The Markdown table(s) of a results file (docs/BENCHMARKS.md is regenerated from it by
+    bench/report.py)."""
+    lines = [
+        "| token | approve | open | settle (first in a session) | close | reclaim (after expiry) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for token, label in (("ETH", "ETH"), ("USDC", "USDC (ERC-20)")):
+        ops = result["operations"][token]
+        approve = f"{ops['approve']:,}" if ops["approve"] else "—"
+        lines.append(
+            f"| {label} | {approve} | {ops['open']:,} | {ops['settle']:,} | {ops['close']:,} | "
+            f"{ops['reclaim']:,} |"
+        )
+    lines += [
+        "",
+        "| settlement | jobs per session | open | settles (count) | close | total | gas per job "
+        "| vs plain escrow |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    # the file's keys are sorted ("ETH batched" first): the table shows per job, then batched
+    for settlement in ("per job", "batched"):
+        for s in result["sessions"][f"ETH {settlement}"]:
+            lines.append(
+                f"| {settlement} | {s['jobs']} | {s['open']:,} | {s['settle_total']:,} ({s['settles']}) | "
+                f"{s['close']:,} | {s['total']:,} | {s['per_job']:,.0f} | {s['vs_plain_escrow']:.2f}× |"
+            )
+    return "\n".join(lines)
+
+
 async def main() -> None:
     started = time.monotonic()
     with EmbeddedChain() as chain:
@@ -185,25 +215,7 @@ async def main() -> None:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    print("| token | approve | open | settle | close | reclaim (after expiry) |")
-    print("|---|---|---|---|---|---|")
-    for token, ops in operations.items():
-        approve = f"{ops['approve']:,}" if ops["approve"] else "—"
-        print(
-            f"| {token} | {approve} | {ops['open']:,} | {ops['settle']:,} | {ops['close']:,} | "
-            f"{ops['reclaim']:,} |"
-        )
-    print()
-    print(
-        "| settlement | jobs per session | open | settles | close | total | gas per job | vs plain escrow |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    for key, sessions in rows.items():
-        for s in sessions:
-            print(
-                f"| {key} | {s['jobs']} | {s['open']:,} | {s['settle_total']:,} ({s['settles']}) | "
-                f"{s['close']:,} | {s['total']:,} | {s['per_job']:,.0f} | {s['vs_plain_escrow']:.2f}× |"
-            )
+    print(render(results))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ escrow) with no network and no model in the way.
   (b) throughput: 100 concurrent jobs of 32 tokens each, jobs per second.
 
 Run:  .venv/bin/python bench/bench_mock.py  [--quick]
-Writes bench/results/mock.json and prints a Markdown table (pasted into docs/BENCHMARKS.md).
+Writes bench/results/mock.json and prints its Markdown table (``render``; bench/report.py puts it into
+docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -13,24 +14,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Any
+
+from _procs import machine_info
 
 from fabstir import FabstirSDK, JobStatus, MockConfig, MockHostSpec, SDKConfig
 
 MODEL = "llama-3.2-1b-instruct"
 # A prompt whose simulated completion (seed 0) runs past 200 tokens, so that max_tokens=200 is reached.
 PROMPT_200 = "Write a long story, part 2."
+HOSTS = 3
+CONCURRENT_TOKENS = 32  # max_tokens of each concurrent job
 
 
 def _hosts(slots: int) -> tuple[MockHostSpec, ...]:
     return tuple(
         MockHostSpec(name=f"bench-{i}", price_per_token=1_000_000_000 * (i + 1), max_concurrent_jobs=slots)
-        for i in range(3)
+        for i in range(HOSTS)
     )
 
 
@@ -72,12 +75,42 @@ async def bench_concurrent(jobs: int) -> dict[str, Any]:
     async with FabstirSDK(_config(slots=jobs)) as sdk:
         started = time.perf_counter()
         handles = [
-            await sdk.submit_job(prompt=f"question {i}", model=MODEL, max_tokens=32) for i in range(jobs)
+            await sdk.submit_job(prompt=f"question {i}", model=MODEL, max_tokens=CONCURRENT_TOKENS)
+            for i in range(jobs)
         ]
         await asyncio.gather(*(sdk.wait_for_job_completion(h.job_id) for h in handles))
         elapsed = time.perf_counter() - started
         completed = [await sdk.get_job_status(h.job_id) for h in handles].count(JobStatus.COMPLETED)
-    return {"jobs": jobs, "completed": completed, "seconds": elapsed, "jobs_per_second": jobs / elapsed}
+    return {
+        "jobs": jobs,
+        "tokens_per_job": CONCURRENT_TOKENS,
+        "hosts": HOSTS,
+        "completed": completed,
+        "seconds": elapsed,
+        "jobs_per_second": jobs / elapsed,
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    """The Markdown table(s) of a results file (docs/BENCHMARKS.md is regenerated from it by
+    bench/report.py)."""
+    single = result["single_job_200_tokens"]
+    concurrent = result["concurrent_jobs"]
+    # results files written before these two keys existed ran with the constants above
+    tokens = concurrent.get("tokens_per_job", CONCURRENT_TOKENS)
+    hosts = concurrent.get("hosts", HOSTS)
+    return "\n".join(
+        [
+            "| benchmark | result |",
+            "|---|---|",
+            f"| one job, submit → last of {single['tokens_per_job']} tokens ({single['repeats']} runs) | "
+            f"p50 {single['p50_ms']:.1f} ms, p95 {single['p95_ms']:.1f} ms, "
+            f"first token p50 {single['ttft_p50_ms']:.1f} ms, "
+            f"≈ {round(single['tokens_per_second'], -2):,.0f} tokens/s |",
+            f"| {concurrent['jobs']} concurrent jobs × {tokens} tokens ({hosts} hosts) | "
+            f"{concurrent['seconds']:.2f} s, ≈ {concurrent['jobs_per_second']:,.0f} jobs/s |",
+        ]
+    )
 
 
 async def main() -> None:
@@ -87,11 +120,7 @@ async def main() -> None:
     single = await bench_single(5 if args.quick else 30)
     concurrent = await bench_concurrent(20 if args.quick else 100)
     result = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine_info(),
         "single_job_200_tokens": single,
         "concurrent_jobs": concurrent,
         "command": "python bench/bench_mock.py",
@@ -99,17 +128,7 @@ async def main() -> None:
     out = Path(__file__).parent / "results" / "mock.json"
     if not args.quick:
         out.write_text(json.dumps(result, indent=2) + "\n")
-    print("| benchmark | result |")
-    print("|---|---|")
-    print(
-        f"| one job, submit → last of {single['tokens_per_job']} tokens | p50 {single['p50_ms']:.1f} ms, "
-        f"p95 {single['p95_ms']:.1f} ms, first token p50 {single['ttft_p50_ms']:.1f} ms, "
-        f"{single['tokens_per_second']:.0f} tokens/s |"
-    )
-    print(
-        f"| {concurrent['jobs']} concurrent jobs × 32 tokens | {concurrent['seconds']:.2f} s, "
-        f"{concurrent['jobs_per_second']:.1f} jobs/s |"
-    )
+    print(render(result))
 
 
 if __name__ == "__main__":

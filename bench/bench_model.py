@@ -57,7 +57,11 @@ PROMPTS = (
 MAX_TOKENS = 64
 SEED = 0
 PATHS = ("direct", "litellm", "p2p")
-LABELS = {"direct": "direct HTTP", "litellm": "HTTP → LiteLLM proxy", "p2p": "SDK → libp2p → host"}
+LABELS = {
+    "direct": "direct HTTP",
+    "litellm": "HTTP → LiteLLM proxy → server",
+    "p2p": "SDK → libp2p → host → server",
+}
 
 # The LiteLLM proxy's environment: it must not reach beyond 127.0.0.1 or read stray configuration.
 _LITELLM_ENV = {
@@ -377,6 +381,37 @@ async def bench(rounds: int) -> dict[str, Any]:
     }
 
 
+def render(result: dict[str, Any]) -> str:
+    """The Markdown table(s) of a results file (docs/BENCHMARKS.md is regenerated from it by
+    bench/report.py)."""
+    lines = [
+        "| path | TTFT p50 | TTFT p90 | tokens/s while streaming | tokens/s end to end |",
+        "|---|---|---|---|---|",
+    ]
+    for path in PATHS:
+        s = result[path]
+        lines.append(
+            f"| {LABELS[path]} | {s['ttft_p50_ms']:.1f} ms | {s['ttft_p90_ms']:.1f} ms | "
+            f"{s['stream_tokens_per_second_p50']:.1f} | {s['end_to_end_tokens_per_second_p50']:.1f} |"
+        )
+    for path in PATHS[1:]:
+        r = result["ratios_over_direct"][path]
+        lines.append(
+            f"| **{path} / direct** | **{r['ttft_p50']:.2f}×** | **{r['ttft_p90']:.2f}×** | "
+            f"**{r['stream_tokens_per_second']:.2f}×** | **{r['end_to_end_tokens_per_second']:.2f}×** |"
+        )
+    added, setup = result["added_ttft_p50_ms"], result["setup"]
+    lines += [
+        "",
+        f"Added before the first token (p50, vs direct): LiteLLM proxy {added['litellm']:+.1f} ms, "
+        f"SDK → libp2p → host {added['p2p']:+.1f} ms. Resident memory: host process "
+        f"{setup['host_process_rss_mb']:.0f} MiB, LiteLLM proxy {setup['litellm_process_rss_mb']:.0f} MiB "
+        f"(LiteLLM {setup['litellm_version']}); the model lives in the server. Completions identical on all "
+        f"paths: {'yes' if result['identical_completions_on_all_paths'] else 'NO'}.",
+    ]
+    return "\n".join(lines)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer rounds (smoke run); writes no results")
@@ -389,21 +424,8 @@ async def main() -> None:
     if not args.quick:
         out = Path(__file__).parent / "results" / "model.json"
         out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{result['setup']['rounds']} rounds × {len(PROMPTS)} prompts × {MAX_TOKENS} max tokens per path")
-    print("| path | TTFT p50 | TTFT p90 | tokens/s streaming | tokens/s end to end |")
-    print("|---|---|---|---|---|")
-    for path in PATHS:
-        s = result[path]
-        print(
-            f"| {LABELS[path]} | {s['ttft_p50_ms']:.1f} ms | {s['ttft_p90_ms']:.1f} ms | "
-            f"{s['stream_tokens_per_second_p50']:.1f} | {s['end_to_end_tokens_per_second_p50']:.1f} |"
-        )
-    for path, r in result["ratios_over_direct"].items():
-        print(
-            f"| {path} / direct | {r['ttft_p50']:.2f}× | {r['ttft_p90']:.2f}× | "
-            f"{r['stream_tokens_per_second']:.2f}× | {r['end_to_end_tokens_per_second']:.2f}× |"
-        )
     print(f"identical completions on all paths: {result['identical_completions_on_all_paths']}")
+    print(render(result))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from _procs import ProcessGroup, machine_info, percentile, quiet_libp2p
 
@@ -29,6 +30,22 @@ RESULTS = Path(__file__).parent / "results" / "negotiation.json"
 HOSTS = 5
 FANOUTS = (1, 3, 5)
 MODEL = "simulated-model"
+
+
+def render(result: dict[str, Any]) -> str:
+    """The Markdown table(s) of a results file (docs/BENCHMARKS.md is regenerated from it by
+    bench/report.py)."""
+    lines = [
+        "| hosts asked (K) | calls | round trip p50 | p90 | max | offers per call |",
+        "|---|---|---|---|---|---|",
+    ]
+    # keys are ints in the running script and strings once the file went through JSON
+    for k, row in sorted(result["summary"].items(), key=lambda item: int(item[0])):
+        lines.append(
+            f"| {k} | {row['calls']} | {row['p50_ms']:.1f} ms | {row['p90_ms']:.1f} ms | "
+            f"{row['max_ms']:.1f} ms | {row['offers_min']} |"
+        )
+    return "\n".join(lines)
 
 
 async def main(rounds: int) -> None:
@@ -105,13 +122,7 @@ async def main(rounds: int) -> None:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(output, indent=2, sort_keys=True) + "\n")
-    print("| hosts asked (K) | calls | round trip p50 | p90 | max | offers per call |")
-    print("|---|---|---|---|---|---|")
-    for k, row in table.items():
-        print(
-            f"| {k} | {row['calls']} | {row['p50_ms']:.1f} ms | {row['p90_ms']:.1f} ms | "
-            f"{row['max_ms']:.1f} ms | {row['offers_min']} |"
-        )
+    print(render(output))
 
 
 if __name__ == "__main__":

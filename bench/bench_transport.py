@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _procs import ProcessGroup, machine_info, percentile, quiet_libp2p, rss_mb
+from _procs import ProcessGroup, machine_info, percentile, process_cpu_seconds, quiet_libp2p, rss_mb
 
 from fabstir import FabstirSDK, MockConfig, MockHostSpec, SDKConfig
 from fabstir.backend import GenerationRequest, SimulatedBackend
@@ -117,12 +116,6 @@ async def phase(sdk: FabstirSDK, prompts: Sequence[str], workers: int, jobs_each
     }
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def run_phases(
     sdk: FabstirSDK, prompts: Sequence[str], quick: bool, host_pid: int | None
 ) -> dict[str, Any]:
@@ -132,10 +125,10 @@ async def run_phases(
         ("single_stream", 1, 5 if quick else 30),
         ("concurrent_streams", CONCURRENT, 1 if quick else 4),
     ):
-        before = _cpu_seconds(host_pid) if host_pid is not None else None
+        before = process_cpu_seconds(host_pid) if host_pid is not None else None
         out[name] = result = await phase(sdk, prompts, workers, jobs_each)
         if host_pid is not None and before is not None:
-            result["host_process_cpu_seconds"] = _cpu_seconds(host_pid) - before
+            result["host_process_cpu_seconds"] = process_cpu_seconds(host_pid) - before
     return out
 
 
@@ -184,6 +177,34 @@ def _ratio(prod: dict[str, Any], mock_: dict[str, Any], key: str) -> float:
     return float(prod[key]) / float(mock_[key])
 
 
+def render(result: dict[str, Any]) -> str:
+    """The Markdown table(s) of a results file (docs/BENCHMARKS.md is regenerated from it by
+    bench/report.py)."""
+    lines = [
+        "| mode | streams | tokens/s | jobs/s | TTFT p50 | gap p99 (median stream) "
+        "| gap p99 (worst stream) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode, label in (("production", "production (libp2p, 2 processes)"), ("mock", "mock (in-process)")):
+        for phase_name in ("single_stream", "concurrent_streams"):
+            p = result[mode][phase_name]
+            lines.append(
+                f"| {label} | {p['streams']} | {p['tokens_per_second']:,.0f} | {p['jobs_per_second']:.1f} | "
+                f"{p['ttft_p50_ms']:.1f} ms | {p['inter_token_gap_p99_ms_per_stream_median']:.1f} ms | "
+                f"{p['inter_token_gap_p99_ms_worst_stream']:.1f} ms |"
+            )
+    ratios = result["ratios_production_over_mock"]
+    single, many = ratios["single_stream"], ratios["concurrent_streams"]
+    streams = result["production"]["concurrent_streams"]["streams"]
+    lines += [
+        "",
+        f"Ratios production / mock: 1 stream {single['tokens_per_second']:.2f}× tokens/s, "
+        f"{single['ttft_p50_ms']:.1f}× TTFT; {streams} streams {many['tokens_per_second']:.2f}× tokens/s, "
+        f"{many['ttft_p50_ms']:.1f}× TTFT, {many['inter_token_gap_p99_ms_per_stream_median']:.2f}× gap p99.",
+    ]
+    return "\n".join(lines)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer jobs (smoke run); writes no results")
@@ -219,22 +240,7 @@ async def main() -> None:
     if not args.quick:
         out = Path(__file__).parent / "results" / "transport.json"
         out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"jobs of {TOKENS} tokens; simulated backend, token_delay 0")
-    print("| mode | streams | tokens/s | jobs/s | TTFT p50 | gap p99 (median stream) | gap p99 (worst) |")
-    print("|---|---|---|---|---|---|---|")
-    for mode, data in (("production (libp2p)", prod), ("mock (in-process)", mocked)):
-        for phase_name in ("single_stream", "concurrent_streams"):
-            p = data[phase_name]
-            print(
-                f"| {mode} | {p['streams']} | {p['tokens_per_second']:,.0f} | {p['jobs_per_second']:.1f} | "
-                f"{p['ttft_p50_ms']:.1f} ms | {p['inter_token_gap_p99_ms_per_stream_median']:.1f} ms | "
-                f"{p['inter_token_gap_p99_ms_worst_stream']:.1f} ms |"
-            )
-    for phase_name, r in ratios.items():
-        print(
-            f"production / mock, {phase_name}: tokens/s {r['tokens_per_second']:.2f}×, "
-            f"TTFT {r['ttft_p50_ms']:.2f}×, gap p99 {r['inter_token_gap_p99_ms_per_stream_median']:.2f}×"
-        )
+    print(render(result))
 
 
 if __name__ == "__main__":
