@@ -100,3 +100,26 @@ async def test_overclaiming_host_is_caught_and_paid_for_delivered_tokens() -> No
         assert details.extra["usage_mismatch"] is True
         assert alerts
         assert alerts[0]["claimed"] == int(str(alerts[0]["delivered"])) + 10
+
+
+async def test_a_failed_job_is_announced_as_an_error_event_too() -> None:
+    """Besides `job:failed`, a failed job emits `error` with the same job, host, message and code plus
+    whether it was retryable — and a job that completes emits none."""
+    async with _sdk(MockHostSpec(name="erring", error_at_token=3)) as sdk:
+        errors: list[dict[str, object]] = []
+        failed: list[dict[str, object]] = []
+        sdk.on(EventName.ERROR, lambda e: errors.append({"job": e.job_id, "node": e.node_id, **e.data}))
+        sdk.on(EventName.JOB_FAILED, lambda e: failed.append({"job": e.job_id, "node": e.node_id, **e.data}))
+        job_id = (await sdk.submit_job(prompt="hi", model=MODEL, max_tokens=16)).job_id
+        with pytest.raises(HostError):
+            await sdk.wait_for_job_completion(job_id, timeout=5)
+    [error] = errors
+    assert error["job"] == job_id
+    assert error["retryable"] is True
+    assert {k: v for k, v in error.items() if k != "retryable"} == failed[0]
+
+    async with _sdk(MockHostSpec(name="ok")) as sdk:
+        sdk.on(EventName.ERROR, lambda e: errors.append(dict(e.data)))
+        done = await sdk.submit_job(prompt="hi", model=MODEL, max_tokens=4)
+        await sdk.wait_for_job_completion(done.job_id, timeout=5)
+    assert len(errors) == 1

@@ -1713,6 +1713,15 @@ class FabstirSDK:
                 error=str(error),
                 code=error.code.value,
             )
+            # one subscription sees every failure, whichever job (the TypeScript SDK's `error` event)
+            self._events.emit(
+                EventName.ERROR,
+                job_id=job.job_id,
+                node_id=job.host,
+                error=str(error),
+                code=error.code.value,
+                retryable=error.retryable,
+            )
         job.done.set()
 
     def _set_status(self, job: _Job, status: JobStatus) -> None:
