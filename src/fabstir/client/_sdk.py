@@ -1706,21 +1706,11 @@ class FabstirSDK:
             self._set_status(job, JobStatus.FAILED)
             self._counters["jobs_failed"] += 1
             self._events.emit(EventName.STREAM_ERROR, job_id=job.job_id, node_id=job.host, error=str(error))
-            self._events.emit(
-                EventName.JOB_FAILED,
-                job_id=job.job_id,
-                node_id=job.host,
-                error=str(error),
-                code=error.code.value,
-            )
+            failure = {"error": str(error), "code": error.code.value}
+            self._events.emit(EventName.JOB_FAILED, job_id=job.job_id, node_id=job.host, **failure)
             # one subscription sees every failure, whichever job (the TypeScript SDK's `error` event)
             self._events.emit(
-                EventName.ERROR,
-                job_id=job.job_id,
-                node_id=job.host,
-                error=str(error),
-                code=error.code.value,
-                retryable=error.retryable,
+                EventName.ERROR, job_id=job.job_id, node_id=job.host, retryable=error.retryable, **failure
             )
         job.done.set()
 
