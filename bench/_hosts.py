@@ -2,15 +2,16 @@
 
 Each host is a whole :class:`fabstir.host.HostService` — its own identity, libp2p node (own trio thread,
 own port, own DHT server), simulated backend and announcements — exactly what ``fabstir host run
---backend simulated --no-escrow`` starts, plus the record refresh and TTL (``HostServiceOptions``
-fields). ``--count`` > 1 runs several in one process, sharing only the interpreter (~100 MiB); measured
-on 2 cores, ten hosts per process cost more CPU than ten processes (their trio threads contend for one
-GIL), so the discovery benchmark runs one host per process, the real deployment shape.
+--backend simulated --no-escrow`` starts, plus the record and provider refresh and the record TTL
+(``HostServiceOptions`` fields). ``--count`` > 1 runs several in one process, sharing only the
+interpreter (~100 MiB); measured on 2 cores, ten hosts per process cost more CPU than ten processes
+(their trio threads contend for one GIL), so the discovery benchmark runs one host per process, the real
+deployment shape.
 
 Run (by the benchmarks, through :meth:`_procs.ProcessGroup.start_many` with ``script=``)::
 
     python bench/_hosts.py --count 1 --first-index 0 --bootstrap ADDR [--ping-interval S]
-        [--record-refresh S] [--record-ttl S] --ready-file F
+        [--record-refresh S] [--record-ttl S] [--provider-refresh S] --ready-file F
 
 The ready file (written once every host serves) holds ``{"hosts": [describe(), ...], "addrs": [...]}``
 (``addrs`` are the first host's, for the ``Child`` record). SIGTERM or SIGINT stops every host.
@@ -49,6 +50,7 @@ async def main() -> None:
     parser.add_argument("--ping-interval", type=float, default=_DEFAULTS.ping_interval)
     parser.add_argument("--record-refresh", type=float, default=_DEFAULTS.record_refresh)
     parser.add_argument("--record-ttl", type=float, default=_DEFAULTS.record_ttl)
+    parser.add_argument("--provider-refresh", type=float, default=_DEFAULTS.provider_refresh)
     parser.add_argument("--ready-file", type=Path, required=True)
     args = parser.parse_args()
 
@@ -62,6 +64,7 @@ async def main() -> None:
                 ping_interval=args.ping_interval,
                 record_refresh=args.record_refresh,
                 record_ttl=args.record_ttl,
+                provider_refresh=args.provider_refresh,
             )
         )
         for i in range(args.count)

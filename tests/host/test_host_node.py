@@ -23,6 +23,7 @@ from fabstir.host import HostConfig, HostFaults, HostNode, SettledJob
 from fabstir.protocol import (
     MAX_FRAME_SIZE,
     PROTOCOL_ID,
+    RECORD_PROTOCOL_ID,
     SUPPORTED_VERSIONS,
     Cancel,
     Confirm,
@@ -925,10 +926,20 @@ async def test_fault_first_token_delay(env: Env) -> None:
 # -- announcing ----------------------------------------------------------------------------------------
 
 
+async def handed_out(alice: Client, node: HostNode) -> Any:
+    """The record the host hands out directly (RECORD_PROTOCOL_ID), decoded."""
+    stream = await alice.transport.open_stream(PeerInfo(node.peer_id), RECORD_PROTOCOL_ID)
+    value = b""
+    while chunk := await stream.read(65_536):
+        value += chunk
+    return decode_capability_record(value)
+
+
 async def test_capability_record_is_published_and_follows_the_load(env: Env) -> None:
     """On start the node provides the service and model keys and publishes a signed capability record;
-    a job starting raises current_load (with a higher seq), its end lowers it again."""
-    node = await env.start_node(credit_tokens=4, receipt_timeout=30)
+    a job starting raises current_load in the record the host hands out (with a higher seq) without a DHT
+    write — the DHT copy keeps the load of the last put until the next refresh — and its end lowers it."""
+    node = await env.start_node(credit_tokens=4, receipt_timeout=30, record_refresh=60, record_ttl=300)
     alice = await client(env)
     assert [p.peer_id for p in await alice.transport.find_providers(service_key(), 5)] == [node.peer_id]
     assert [p.peer_id for p in await alice.transport.find_providers(model_key(MODEL), 5)] == [node.peer_id]
@@ -943,27 +954,37 @@ async def test_capability_record_is_published_and_follows_the_load(env: Env) -> 
     assert record.current_load == 0
     assert record.max_concurrent_jobs == 4
     assert record.protocol_versions == ("1.0",)
+    assert await handed_out(alice, node) == record
 
     channel, request, session = await alice.confirmed(max_tokens=30)
     run = await alice.follow(channel, request, session, receipts=False, stop_after=1)
     loaded = await node.wait_for_record(lambda r: r.current_load == 1)
     assert loaded.seq > record.seq
+    assert await handed_out(alice, node) == loaded
     value = await alice.transport.get_value(capability_key(node.peer_id))
     assert value is not None
-    assert decode_capability_record(value).current_load == 1
+    assert decode_capability_record(value) == record
 
     await alice.follow(channel, request, session, run=run)
     idle = await node.wait_for_record(lambda r: r.current_load == 0 and r.seq > loaded.seq)
     assert idle.expires > loaded.expires - 1
+    assert await handed_out(alice, node) == idle
 
 
-async def test_capability_record_is_refreshed(env: Env) -> None:
-    """Without any change the record is re-published every record_refresh with a higher seq."""
+async def test_capability_record_is_refreshed_in_the_dht(env: Env) -> None:
+    """Without any change the record is put in the DHT again every record_refresh, with a higher seq."""
     node = await env.start_node(record_refresh=0.02, record_ttl=5)
     first = node.capability_record
     assert first is not None
-    refreshed = await node.wait_for_record(lambda r: r.seq > first.seq)
-    assert refreshed.expires >= first.expires
+    alice = await client(env)
+    while True:
+        value = await alice.transport.get_value(capability_key(node.peer_id))
+        assert value is not None
+        stored = decode_capability_record(value)
+        if stored.seq > first.seq:
+            break
+        await asyncio.sleep(0.01)
+    assert stored.expires >= first.expires
 
 
 # -- lifecycle and status ------------------------------------------------------------------------------

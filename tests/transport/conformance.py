@@ -419,14 +419,15 @@ class TransportConformance:
     # DHT ---------------------------------------------------------------------------------------------
 
     async def test_providers_are_distinct_and_bounded(self, transport_factory: TransportFactory) -> None:
-        """find_providers lists each provider once (even if it provided twice), at most ``count`` of them,
-        with addresses good enough to dial; a key nobody provides has none."""
+        """provide reports the record stored beyond the node; find_providers lists each provider once (even
+        if it provided twice), at most ``count`` of them, with addresses good enough to dial; a key nobody
+        provides has none."""
         a, b, c = await transport_factory(3)
         key = model_key(f"conformance-{os.urandom(6).hex()}")
         async with asyncio.timeout(self.limit):
-            await a.provide(key)
-            await a.provide(key)
-            await b.provide(key)
+            assert await a.provide(key) is True
+            assert await a.provide(key) is True
+            assert await b.provide(key) is True
             found = await c.find_providers(key, 10)
             assert sorted(p.peer_id for p in found) == sorted([a.peer_id, b.peer_id])
             assert len(await c.find_providers(key, 1)) == 1

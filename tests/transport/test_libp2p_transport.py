@@ -385,6 +385,22 @@ async def test_new_providers_are_found_after_a_cached_lookup() -> None:
         assert sorted(p.peer_id for p in await c.find_providers(key, 10)) == sorted([a.peer_id, b.peer_id])
 
 
+async def test_provide_says_whether_another_node_stored_the_record() -> None:
+    """A node with no DHT peer keeps its provider record to itself and provide answers False (the host's
+    publisher then retries soon); a node in a DHT answers True, and others find it."""
+    key = model_key(f"reach-{os.urandom(4).hex()}")
+    alone = Libp2pTransport(PeerIdentity())
+    try:
+        async with asyncio.timeout(LIMIT):
+            await alone.start()
+            assert await alone.provide(key) is False
+    finally:
+        await alone.aclose()
+    async with network(2) as (a, b), asyncio.timeout(LIMIT):
+        assert await a.provide(key) is True
+        assert [p.peer_id for p in await b.find_providers(key, 5)] == [a.peer_id]
+
+
 async def test_an_updated_record_replaces_a_cached_one() -> None:
     """A reader that fetched a host's record gets the host's newer record (higher seq) afterwards, not
     its cached copy."""

@@ -132,9 +132,11 @@ class HostConfig:
     may wait for a slot. ``credit_tokens`` is how far the host streams ahead of the client's latest receipt;
     an offer holds its place for ``hold_ms``. ``receipt_timeout`` bounds every wait on the client (receipts
     while out of credit, a blocked write); ``final_receipt_timeout`` the wait for the last receipt after
-    ``End``. The capability record lives ``record_ttl`` and is re-published every ``record_refresh`` and
-    when the load changes. A broken stream's job can be resumed for ``resume_ttl`` (0: never). A session
-    must stay open ``min_session_ttl`` beyond the confirmation. ``settle_timeout`` bounds one settlement.
+    ``End``. The capability record lives ``record_ttl``; the host hands out a fresh one as soon as its load
+    changes, and puts it in the DHT every ``record_refresh`` (a DHT walk each time). The provider records
+    are re-announced every ``provider_refresh`` (they do not change, and last far longer in the DHT). A
+    broken stream's job can be resumed for ``resume_ttl`` (0: never). A session must stay open
+    ``min_session_ttl`` beyond the confirmation. ``settle_timeout`` bounds one settlement.
 
     A session may carry several jobs (the client asks with ``Confirm.keep_open``). ``settlement`` says when
     the host cashes the receipts of such a session: ``"per_job"`` (settle after each job: the host holds at
@@ -155,6 +157,7 @@ class HostConfig:
     final_receipt_timeout: float = 5.0
     record_ttl: float = 300.0
     record_refresh: float = 60.0
+    provider_refresh: float = 600.0
     resume_ttl: float = 60.0
     min_session_ttl: float = 60.0
     settle_timeout: float = 60.0
@@ -183,6 +186,7 @@ class HostConfig:
             "final_receipt_timeout",
             "record_ttl",
             "record_refresh",
+            "provider_refresh",
             "settle_timeout",
             "session_idle_timeout",
         ):

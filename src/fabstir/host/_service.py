@@ -120,6 +120,7 @@ class HostServiceOptions:
     idle_connection_timeout: float = 60.0
     record_ttl: float = 300.0
     record_refresh: float = 60.0
+    provider_refresh: float = 600.0
     settlement: str = "per_job"
     session_idle_timeout: float = 120.0
     faults: HostFaults | None = None
@@ -192,6 +193,7 @@ class HostServiceOptions:
             max_tokens=self.max_tokens,
             record_ttl=self.record_ttl,
             record_refresh=self.record_refresh,
+            provider_refresh=self.provider_refresh,
             settlement=self.settlement,
             session_idle_timeout=self.session_idle_timeout,
             faults=self.faults,

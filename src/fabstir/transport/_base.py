@@ -106,7 +106,10 @@ class Transport(Protocol):
         """Signs with this node's peer key (verifiable from the peer id alone)."""
         ...
 
-    async def provide(self, key: bytes) -> None: ...
+    async def provide(self, key: bytes) -> bool:
+        """Announces this node as a provider of ``key``; ``True`` if another DHT node stored the record
+        (``False``: only this node knows, e.g. no DHT peer yet — try again later)."""
+        ...
 
     async def find_providers(self, key: bytes, count: int) -> list[PeerInfo]:
         """At most ``count`` distinct providers (de-duplicated by peer id)."""

@@ -620,9 +620,11 @@ class InMemoryTransport:
             await asyncio.sleep(2 * self._network.latency)
             self._require_running()
 
-    async def provide(self, key: bytes) -> None:
+    async def provide(self, key: bytes) -> bool:
+        """Always ``True``: the network itself keeps the record."""
         await self._dht_round_trip()
         self._network._provide(PeerInfo(self.peer_id, self._addrs), key)
+        return True
 
     async def find_providers(self, key: bytes, count: int) -> list[PeerInfo]:
         """At most ``count`` distinct providers, killed ones included (provider records outlive them)."""

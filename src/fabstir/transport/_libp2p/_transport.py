@@ -313,9 +313,9 @@ class Libp2pTransport:
 
     # DHT ----------------------------------------------------------------------------------------------
 
-    async def provide(self, key: bytes) -> None:
+    async def provide(self, key: bytes) -> bool:
         self._require_running()
-        await self._bridge.call(lambda: self._trio_provide(key))
+        return await self._bridge.call(lambda: self._trio_provide(key))
 
     async def find_providers(self, key: bytes, count: int) -> list[PeerInfo]:
         self._require_running()
@@ -620,14 +620,15 @@ class Libp2pTransport:
             raise TransportError("the transport is not running")
         return self._dht
 
-    async def _trio_provide(self, key: bytes) -> None:
+    async def _trio_provide(self, key: bytes) -> bool:
         dht = self._running_dht()
         try:
-            announced = await dht.provider_store.provide(_dht.provider_key(key))
+            announced = bool(await dht.provider_store.provide(_dht.provider_key(key)))
         except Exception as exc:
             raise to_transport_error(exc, "provide failed") from exc
         if not announced:  # the local record still answers whoever asks this node
             _log.debug("provided %s to no peer (no DHT peers yet)", key.hex())
+        return announced
 
     async def _trio_find_providers(self, key: bytes, count: int) -> list[PeerInfo]:
         dht = self._running_dht()
