@@ -142,10 +142,21 @@ async def read_frames(stream: Stream, count: int, size: int) -> None:
     assert not buffer
 
 
-async def test_token_stream_throughput(observer: Libp2pTransport) -> None:
+@pytest.fixture
+async def patient_observer() -> AsyncIterator[Libp2pTransport]:
+    """An observer whose pings tolerate a starved peer process: a throughput run on a loaded machine
+    measures the transport, not whether a 1 s ping got through."""
+    transport = Libp2pTransport(PeerIdentity(), ping_interval=5.0, ping_timeout=10.0)
+    await transport.start()
+    yield transport
+    await transport.aclose()
+
+
+async def test_token_stream_throughput(patient_observer: Libp2pTransport) -> None:
     """A host process streams token-sized frames, one write per frame and then 50 per write, and echoes
     8 MiB: every byte arrives intact and in order; the rates are printed (FINDINGS: ~2,000 vs ~70,000
     frames/s, 45-51 MB/s bulk)."""
+    observer = patient_observer
     async with peer_process() as peer, asyncio.timeout(LIMIT * 2):
         rates = {}
         for count, batch in ((2_000, 1), (50_000, 50)):
