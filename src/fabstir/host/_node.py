@@ -135,7 +135,7 @@ class HostNode:
 
     @property
     def capability_record(self) -> CapabilityRecord | None:
-        """The capability record published last (``None`` before the first publication)."""
+        """The capability record the node hands out now (``None`` before the first publication)."""
         return self._publisher.record
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -250,7 +250,7 @@ class HostNode:
                 await stream.reset()
 
     async def wait_for_record(self, predicate: Callable[[CapabilityRecord], bool]) -> CapabilityRecord:
-        """The first capability record published (possibly the current one) that satisfies ``predicate``."""
+        """The first capability record handed out (possibly the current one) that satisfies ``predicate``."""
         return await self._publisher.wait_for(predicate)
 
     async def wait_job_settled(self, job_id: str) -> SettledJob:
