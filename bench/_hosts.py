@@ -1,12 +1,12 @@
-"""Host processes for benchmarks that need settings ``fabstir host run`` does not expose.
+"""Host processes for the discovery benchmark: ``--count`` hosts in one process, host ``i`` priced
+``(i + 1) × PRICE_STEP`` wei per token.
 
 Each host is a whole :class:`fabstir.host.HostService` — its own identity, libp2p node (own trio thread,
 own port, own DHT server), simulated backend and announcements — exactly what ``fabstir host run
---backend simulated --no-escrow`` starts, plus the record and provider refresh and the record TTL
-(``HostServiceOptions`` fields). ``--count`` > 1 runs several in one process, sharing only the
-interpreter (~100 MiB); measured on 2 cores, ten hosts per process cost more CPU than ten processes
-(their trio threads contend for one GIL), so the discovery benchmark runs one host per process, the real
-deployment shape.
+--backend simulated --no-escrow`` starts with the same ping and announcement options. ``--count`` > 1
+runs several in one process, sharing only the interpreter (~100 MiB); measured on 2 cores, ten hosts per
+process cost more CPU than ten processes (their trio threads contend for one GIL), so the discovery
+benchmark runs one host per process, the real deployment shape.
 
 Run (by the benchmarks, through :meth:`_procs.ProcessGroup.start_many` with ``script=``)::
 

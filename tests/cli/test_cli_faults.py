@@ -1,5 +1,6 @@
-"""The hidden ``--fault-*`` options of ``fabstir host run``: they build the host's HostFaults (and hand the
-node a hook that signals the host's own process), and bad values are refused before anything starts."""
+"""What ``fabstir host run`` builds, seen through a stand-in HostService: the hidden ``--fault-*`` options
+build the host's HostFaults (and hand the node a hook that signals the host's own process), bad values are
+refused before anything starts, and the announcement options reach HostServiceOptions."""
 
 from __future__ import annotations
 
@@ -149,3 +150,25 @@ def test_the_hook_signals_this_process(monkeypatch: pytest.MonkeyPatch, name: st
     monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))  # the os module _network uses
     _network._signal_self(name)
     assert sent == [(os.getpid(), getattr(signal, name))]
+
+
+def test_announcement_options_land_in_the_host_options(runner: CliRunner, captured: Captured) -> None:
+    """--record-refresh, --record-ttl and --provider-refresh set their HostServiceOptions fields; without
+    them the fields keep the library's defaults."""
+    result = runner.invoke(
+        cli, [*BASE, "--record-refresh", "30", "--record-ttl", "120", "--provider-refresh", "900"]
+    )
+    assert result.exit_code == 3, result.output
+    assert captured.options is not None
+    options = captured.options
+    assert (options.record_refresh, options.record_ttl, options.provider_refresh) == (30, 120, 900)
+
+    result = runner.invoke(cli, BASE)
+    assert result.exit_code == 3, result.output
+    defaults = HostServiceOptions(backend="simulated", escrow=False)
+    options = captured.options
+    assert (options.record_refresh, options.record_ttl, options.provider_refresh) == (
+        defaults.record_refresh,
+        defaults.record_ttl,
+        defaults.provider_refresh,
+    )

@@ -50,6 +50,11 @@ def one_error_line(output: str) -> str:
             "idle_connection_timeout",
         ),
         (["--no-escrow", "--backend", "simulated", "--private-key", "0x1234"], "wallet key"),
+        (["--no-escrow", "--backend", "simulated", "--provider-refresh", "0"], "provider_refresh"),
+        (
+            ["--no-escrow", "--backend", "simulated", "--record-refresh", "400", "--record-ttl", "300"],
+            "record_refresh (400.0 s) must be shorter than record_ttl (300.0 s)",
+        ),
     ],
 )
 def test_host_run_bad_options(runner: CliRunner, args: list[str], fragment: str) -> None:

@@ -39,6 +39,9 @@ KEY = "0x" + "c1" * 32
         ({"ping_interval": 0}, "ping_interval"),
         ({"dial_timeout": float("inf")}, "dial_timeout"),
         ({"threads": 0}, "threads"),
+        ({"provider_refresh": 0}, "provider_refresh"),
+        ({"record_ttl": float("nan")}, "record_ttl"),
+        ({"record_refresh": 300, "record_ttl": 300}, "must be shorter than record_ttl"),
         ({"private_key": "0x1234"}, "0x followed by 64 hex digits"),
         ({"private_key": "c1" * 32}, "0x followed by 64 hex digits"),
     ],
@@ -104,6 +107,15 @@ def test_prices_and_models_come_from_the_options() -> None:
     config = options.host_config()
     assert config.models == ("llama", "qwen")
     assert {m: dict(p) for m, p in config.prices.items()} == {"llama": {"USDC": 3}, "qwen": {"USDC": 7}}
+
+
+def test_announcement_clocks_reach_the_host_config() -> None:
+    """record_refresh, record_ttl and provider_refresh of the options are the host config's."""
+    options = HostServiceOptions(
+        backend="simulated", escrow=False, record_refresh=30, record_ttl=120, provider_refresh=900
+    )
+    config = options.host_config()
+    assert (config.record_refresh, config.record_ttl, config.provider_refresh) == (30, 120, 900)
 
 
 def test_parse_peer_addr() -> None:

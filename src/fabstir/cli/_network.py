@@ -195,6 +195,27 @@ def _announce_option(fn: Any) -> Any:
     help="Close a connection that carried no stream this long (the DHT redials when it needs it).",
 )
 @click.option(
+    "--record-refresh",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds between puts of the capability record in the DHT (each a DHT walk).",
+)
+@click.option(
+    "--record-ttl",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Lifetime of the capability record (longer than --record-refresh).",
+)
+@click.option(
+    "--provider-refresh",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="Seconds between re-announcements of the provider records (service and model keys).",
+)
+@click.option(
     "--status-interval",
     type=float,
     default=60.0,
@@ -232,6 +253,9 @@ async def host_run(
     ping_interval: float,
     ping_timeout: float,
     idle_connection_timeout: float,
+    record_refresh: float,
+    record_ttl: float,
+    provider_refresh: float,
     status_interval: float,
     ready_file: Path | None,
     fault_kill_at_token: int | None,
@@ -273,6 +297,9 @@ async def host_run(
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
         idle_connection_timeout=idle_connection_timeout,
+        record_refresh=record_refresh,
+        record_ttl=record_ttl,
+        provider_refresh=provider_refresh,
         settlement=settlement,
         session_idle_timeout=session_idle_timeout,
         faults=_host_faults(

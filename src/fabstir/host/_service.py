@@ -150,10 +150,18 @@ class HostServiceOptions:
             "ping_interval",
             "ping_timeout",
             "idle_connection_timeout",
+            "record_ttl",
+            "record_refresh",
+            "provider_refresh",
         ):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.record_refresh >= self.record_ttl:
+            raise ConfigurationError(
+                f"record_refresh ({self.record_refresh} s) must be shorter than "
+                f"record_ttl ({self.record_ttl} s)"
+            )
         if type(self.threads) is not int or self.threads < 1:
             raise ConfigurationError("threads must be a positive integer")
         key: Any = self.private_key
