@@ -205,3 +205,18 @@ async def test_a_provide_round_that_reached_no_peer_is_retried_at_the_record_ref
     puts = len(transport.puts)
     await until(transport, lambda: len(transport.puts) >= puts + 4)  # 4 record refreshes later: no new round
     assert len(rounds(transport.provided)) == reached
+
+
+async def test_reannounce_announces_and_puts_at_once(running: Any) -> None:
+    """reannounce() (the host got its bootstrap peer back) announces the provider records and puts the
+    record now, although neither clock is due for minutes."""
+    transport, load = running
+    pub = publisher(transport, load, record_refresh=60, record_ttl=300, provider_refresh=600)
+    await start(pub)
+    assert len(rounds(transport.provided)) == 1
+    assert len(transport.puts) == 1
+
+    pub.reannounce()
+    await until(transport, lambda: len(transport.puts) == 2)
+    assert len(rounds(transport.provided)) == 2
+    assert [key for _, key in transport.provided[3:]] == [service_key(), *(model_key(m) for m in MODELS)]

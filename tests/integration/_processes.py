@@ -160,13 +160,18 @@ class ProcessPool:
             by_name[name].info = info
         return [by_name[name] for name, *_ in pending]
 
-    def start_bootstrap(self) -> MarketProcess:
-        """A bootstrap peer (a DHT server the hosts and clients start from)."""
-        return self._wait_ready([self._spawn("bootstrap", ["bootstrap"])])[0]
+    def start_bootstrap(self, *options: str) -> MarketProcess:
+        """A bootstrap peer (a DHT server the hosts and clients start from); ``options`` are added to
+        ``fabstir bootstrap`` (``--identity``, ``--listen``)."""
+        return self._wait_ready([self._spawn("bootstrap", ["bootstrap", *options])])[0]
 
-    def start_hosts(self, specs: Sequence[HostSpec], bootstrap: MarketProcess) -> list[MarketProcess]:
-        """Starts the hosts in parallel; returns them (in ``specs`` order) once every one serves."""
-        pending = [self._spawn(spec.name, spec.args(bootstrap.addrs)) for spec in specs]
+    def start_hosts(
+        self, specs: Sequence[HostSpec], bootstrap: MarketProcess | Sequence[str]
+    ) -> list[MarketProcess]:
+        """Starts the hosts in parallel; returns them (in ``specs`` order) once every one serves.
+        ``bootstrap`` is a started bootstrap peer or the addresses of one (that may not be up yet)."""
+        addrs = bootstrap.addrs if isinstance(bootstrap, MarketProcess) else list(bootstrap)
+        pending = [self._spawn(spec.name, spec.args(addrs)) for spec in specs]
         return self._wait_ready(pending)
 
     def close(self) -> None:

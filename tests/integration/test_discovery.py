@@ -1,20 +1,27 @@
 """Discovery over the real DHT: hosts in separate processes announce themselves (provider records and
 signed capability records), a client SDK in this process finds them, filters them, and sees a host that
-appeared after its first lookup when it asks for a refresh."""
+appeared after its first lookup when it asks for a refresh; a host whose bootstrap peer was down at its
+start, or restarted, is found again once the bootstrap peer is back."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
+from pathlib import Path
 
 import pytest
 
 from fabstir import NodeInfo
+from fabstir.host._service import load_identity
 
 from ._processes import HostSpec, MarketProcess, ProcessPool, production_sdk
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 LIMIT = 60.0
+#: Bound on a host reaching its bootstrap peer again (it retries after 5 s, 10 s, 20 s ...: seconds here).
+REDIAL_LIMIT = 45.0
 
 #: Five hosts with different models and prices (wei per token).
 HOSTS = (
@@ -78,3 +85,47 @@ async def test_discovery_finds_filters_and_refreshes(
         assert {n.peer_id: n for n in refreshed}[late.peer_id].capabilities.price_for(
             "disc-alpha", "ETH"
         ) == 50
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def wait_until_found(bootstrap: MarketProcess, host: MarketProcess) -> None:
+    """A new client at a time (fresh caches, a new connection to the bootstrap peer) until one finds
+    ``host``; the caller bounds the wait."""
+    while True:
+        async with production_sdk(bootstrap) as sdk:
+            if host.peer_id in ids(await sdk.discover_nodes(force_refresh=True)):
+                return
+        await asyncio.sleep(0.5)
+
+
+@pytest.mark.timeout(150)
+async def test_a_host_is_found_after_its_bootstrap_peer_comes_up_late_and_after_it_restarts(
+    pool: ProcessPool, tmp_path: Path
+) -> None:
+    """A host started while its bootstrap peer is down serves anyway; once the bootstrap peer is up, the
+    host dials it again and announces itself, and a client starting from the bootstrap peer finds it.
+    The bootstrap peer is then killed and restarted (same identity and port, an empty DHT): the host
+    notices, dials it again, re-announces, and a new client finds it again. Without the redial it stays
+    unfindable until its next re-announcement (5 minutes here): nobody else knows it."""
+    key = tmp_path / "bootstrap.key"
+    peer_id = load_identity(key).peer_id
+    listen = f"/ip4/127.0.0.1/tcp/{free_port()}"
+    # Records re-put only every 5 minutes: a re-put walk would also reach the bootstrap peer again, so
+    # this way only the host's redial can bring it back within the test's bound.
+    early = HostSpec(name="early", extra=("--record-refresh", "300", "--record-ttl", "900"))
+    (host,) = pool.start_hosts([early], [f"{listen}/p2p/{peer_id}"])
+    boot = pool.start_bootstrap("--identity", str(key), "--listen", listen)
+    assert boot.peer_id == peer_id
+    async with asyncio.timeout(REDIAL_LIMIT):
+        await wait_until_found(boot, host)
+
+    boot.send_signal(signal.SIGKILL)
+    await asyncio.to_thread(boot.process.wait, 10.0)
+    restarted = pool.start_bootstrap("--identity", str(key), "--listen", listen)
+    async with asyncio.timeout(REDIAL_LIMIT):
+        await wait_until_found(restarted, host)

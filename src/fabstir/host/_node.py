@@ -249,6 +249,12 @@ class HostNode:
             with contextlib.suppress(TransportError):
                 await stream.reset()
 
+    def reannounce(self) -> None:
+        """Puts the provider records and the capability record in the DHT again now (for instance when a
+        bootstrap peer, which may have lost them, is back)."""
+        if self._started and not self._closing:
+            self._publisher.reannounce()
+
     async def wait_for_record(self, predicate: Callable[[CapabilityRecord], bool]) -> CapabilityRecord:
         """The first capability record handed out (possibly the current one) that satisfies ``predicate``."""
         return await self._publisher.wait_for(predicate)

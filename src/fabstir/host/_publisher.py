@@ -63,6 +63,7 @@ class RecordPublisher:
         self._seq = 0
         self._provided = False  # whether the last provide() reached the DHT with every key
         self._load_changed = asyncio.Event()
+        self._reannounce = asyncio.Event()
         self._published = asyncio.Condition()
         self.record: CapabilityRecord | None = None  # the record handed out now
         self.encoded: bytes | None = None  # the same, signed, as bytes
@@ -70,6 +71,11 @@ class RecordPublisher:
     def load_changed(self) -> None:
         """Asks for a record with the new load soon (debounced)."""
         self._load_changed.set()
+
+    def reannounce(self) -> None:
+        """Asks for the provider records and the record in the DHT now, whatever the clocks say (the
+        host got its bootstrap peer back, which may have lost them)."""
+        self._reannounce.set()
 
     async def provide(self) -> bool:
         """Provider records for the service and each model; ``True`` if another DHT node stored every one
@@ -147,16 +153,18 @@ class RecordPublisher:
         next_provide = loop.time() + self._provide_interval()
         while True:
             due = min(next_put, next_provide)
-            changed = False
             try:
                 async with asyncio.timeout_at(due):
-                    await self._load_changed.wait()
-                changed = True
+                    await _first_of(self._load_changed, self._reannounce)
             except builtins.TimeoutError:
                 pass
+            changed = self._load_changed.is_set()
             if changed:
                 await asyncio.sleep(_LOAD_DEBOUNCE)
                 self._load_changed.clear()
+            if self._reannounce.is_set():
+                self._reannounce.clear()
+                next_provide = next_put = loop.time()
             now = loop.time()
             if now >= next_provide:
                 await self.provide()
@@ -167,3 +175,13 @@ class RecordPublisher:
                 next_put = loop.time() + self._config.record_refresh
             elif changed:
                 await self.sign()
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    """Returns once any of ``events`` is set."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -7,6 +7,7 @@ benchmarks), a ledger and a wallet, and the node itself. It owns all of them and
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -21,17 +22,22 @@ from typing import Any, Literal
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from .._exceptions import ConfigurationError
+from .._exceptions import ConfigurationError, FabstirError
 from ..backend import Backend, SimulatedBackend
 from ..chain import HostRegistration, PaymentLedger, UnescrowedLedger
 from ..protocol import PeerIdentity
-from ..transport import dialable_addrs, parse_peer_addr
+from ..transport import PeerInfo, dialable_addrs, parse_peer_addr
 from ._config import HostConfig, HostFaults
 from ._node import HostNode
 
 __all__ = ["BackendKind", "HostService", "HostServiceOptions", "load_identity"]
 
 _log = logging.getLogger("fabstir.host")
+
+#: A lost bootstrap peer is dialled again after this many seconds, doubling up to BOOTSTRAP_RETRY_MAX
+#: while it stays unreachable.
+BOOTSTRAP_RETRY_MIN = 5.0
+BOOTSTRAP_RETRY_MAX = 60.0
 
 BackendKind = Literal["builtin", "openai", "simulated"]
 _SEED_BYTES = 32
@@ -250,6 +256,7 @@ class HostService:
         self._ledger: PaymentLedger | None = None
         self.registration: HostRegistration | None = None
         self.node: HostNode | None = None
+        self._bootstrap_keeper: asyncio.Task[None] | None = None
 
     @property
     def peer_id(self) -> str:
@@ -309,10 +316,44 @@ class HostService:
                 process_fault=self._process_fault,
             )
             await self.node.start()
+            if options.bootstrap:
+                self._bootstrap_keeper = asyncio.create_task(
+                    self._keep_bootstrap_peers([parse_peer_addr(a) for a in options.bootstrap]),
+                    name="fabstir-host-bootstrap",
+                )
         except BaseException:
             await self.aclose()
             raise
         _log.info("host %s serving %s on %s", self.peer_id, ", ".join(self.config.models), self.addrs())
+
+    async def _keep_bootstrap_peers(self, peers: list[PeerInfo]) -> None:
+        """Dials again every bootstrap peer the host is not connected to (one that was down when the host
+        started, or restarted since: it lost its DHT), and then announces the host again at once — or a
+        host started before its bootstrap peer stays unfindable, and one whose bootstrap peer restarted
+        too, until its next re-announcement."""
+        transport, node = self._transport, self.node
+        assert transport is not None
+        assert node is not None
+        delay = BOOTSTRAP_RETRY_MIN
+        while True:
+            await asyncio.sleep(delay)
+            connected = set(transport.connected_peers())
+            missing = [peer for peer in peers if peer.peer_id not in connected]
+            if not missing:
+                delay = BOOTSTRAP_RETRY_MIN
+                continue
+            back = 0
+            for peer in missing:
+                try:
+                    await transport.bootstrap(peer)
+                except FabstirError as exc:
+                    _log.debug("bootstrap peer %s still unreachable: %s", peer.peer_id, exc)
+                else:
+                    _log.info("bootstrap peer %s reached again", peer.peer_id)
+                    back += 1
+            if back:
+                node.reannounce()
+            delay = BOOTSTRAP_RETRY_MIN if back == len(missing) else min(delay * 2, BOOTSTRAP_RETRY_MAX)
 
     async def _open_ledger(self) -> PaymentLedger:
         """The contracts (escrow), registered with ``register_stake`` if asked and not yet registered;
@@ -350,6 +391,10 @@ class HostService:
     async def aclose(self) -> None:
         """Stops the node (jobs in flight end and are settled), then the chain connection, libp2p and
         the backend."""
+        keeper, self._bootstrap_keeper = self._bootstrap_keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
         node, self.node = self.node, None
         if node is not None:
             await node.aclose()
