@@ -23,7 +23,7 @@ Run:  .venv/bin/python bench/bench_discovery.py  [--quick] [--sizes 10,30,100] [
           [--idle-window S]
 Writes bench/results/discovery.json (not with --quick or --host-defaults) and prints the Markdown table
 (``render``). ``--host-defaults`` runs the hosts with their default settings: what idle hosts cost as
-shipped (docs/BENCHMARKS.md quotes ``--sizes 30 --host-defaults --idle-window 120``).
+shipped (docs/BENCHMARKS.md quotes ``--sizes 30 --host-defaults --idle-window 180``).
 """
 
 from __future__ import annotations

@@ -62,20 +62,23 @@ class RecordPublisher:
         self._clock = clock
         self._seq = 0
         self._provided = False  # whether the last provide() reached the DHT with every key
-        self._load_changed = asyncio.Event()
-        self._reannounce = asyncio.Event()
+        self._wake = asyncio.Event()  # set with either flag below, for run()
+        self._load_changed = False
+        self._reannounce = False
         self._published = asyncio.Condition()
         self.record: CapabilityRecord | None = None  # the record handed out now
         self.encoded: bytes | None = None  # the same, signed, as bytes
 
     def load_changed(self) -> None:
         """Asks for a record with the new load soon (debounced)."""
-        self._load_changed.set()
+        self._load_changed = True
+        self._wake.set()
 
     def reannounce(self) -> None:
         """Asks for the provider records and the record in the DHT now, whatever the clocks say (the
         host got its bootstrap peer back, which may have lost them)."""
-        self._reannounce.set()
+        self._reannounce = True
+        self._wake.set()
 
     async def provide(self) -> bool:
         """Provider records for the service and each model; ``True`` if another DHT node stored every one
@@ -155,33 +158,24 @@ class RecordPublisher:
             due = min(next_put, next_provide)
             try:
                 async with asyncio.timeout_at(due):
-                    await _first_of(self._load_changed, self._reannounce)
+                    await self._wake.wait()
             except builtins.TimeoutError:
                 pass
-            changed = self._load_changed.is_set()
+            changed = self._load_changed
             if changed:
                 await asyncio.sleep(_LOAD_DEBOUNCE)
-                self._load_changed.clear()
-            if self._reannounce.is_set():
-                self._reannounce.clear()
+            self._wake.clear()
+            self._load_changed = False
+            if self._reannounce:
+                self._reannounce = False
                 next_provide = next_put = loop.time()
             now = loop.time()
             if now >= next_provide:
                 await self.provide()
                 next_provide = loop.time() + self._provide_interval()
             if now >= next_put:
-                self._load_changed.clear()  # the record put now carries the current load
+                self._load_changed = False  # the record put now carries the current load
                 await self.publish()
                 next_put = loop.time() + self._config.record_refresh
             elif changed:
                 await self.sign()
-
-
-async def _first_of(*events: asyncio.Event) -> None:
-    """Returns once any of ``events`` is set."""
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
